@@ -1,0 +1,125 @@
+"""Minibatch strategies over memory-mapped token ids: `random` and `sequential`, in a registry."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Iterator
+
+import numpy as np
+
+from charlm.errors import ConfigError, DataError
+
+_STRATEGIES: dict[str, type["BatchSampler"]] = {}
+
+
+def register_sampling(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        _STRATEGIES[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def available_samplings() -> list[str]:
+    return sorted(_STRATEGIES)
+
+
+def make_sampler(name: str, ids: np.ndarray, batch_size: int, num_steps: int, seed: int,
+                 rank: int = 0, world_size: int = 1) -> "BatchSampler":
+    if name not in _STRATEGIES:
+        close = difflib.get_close_matches(name, list(_STRATEGIES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (choose from {', '.join(available_samplings())})"
+        raise ConfigError(f"data.sampling: unknown strategy '{name}'{hint}")
+    return _STRATEGIES[name](ids, batch_size, num_steps, seed, rank, world_size)
+
+
+class BatchSampler:
+    """Yields (inputs, targets) pairs of shape (local_batch, num_steps) for one epoch at a time.
+
+    Every epoch is a pure function of (seed, epoch), so a resumed run only needs the epoch and
+    the index of the next batch. `batch_size` is the global batch: with `world_size` ranks each
+    rank gets its own contiguous block of rows, so together they see exactly one global batch.
+    """
+
+    name = "?"
+    carries_state = False
+
+    def __init__(self, ids: np.ndarray, batch_size: int, num_steps: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ConfigError(f"data.batch_size ({batch_size}) must be divisible by the number of processes "
+                              f"({world_size})")
+        if len(ids) < num_steps + 2:
+            raise DataError(f"data.num_steps ({num_steps}) is too long for the training split "
+                            f"({len(ids)} tokens); lower data.num_steps or use a larger corpus")
+        self.ids, self.batch_size, self.num_steps, self.seed = ids, batch_size, num_steps, seed
+        self.local_rows = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
+        if self.batches_per_epoch() < 1:
+            raise DataError(
+                f"data.batch_size ({batch_size}) × data.num_steps ({num_steps}) needs more tokens than the "
+                f"training split has ({len(ids)}); lower one of them")
+
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+    def batches_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def tokens_per_epoch(self) -> int:
+        return self.batches_per_epoch() * self.batch_size * self.num_steps
+
+
+@register_sampling("random")
+class RandomSampler(BatchSampler):
+    """D2L's random sampling: a random offset, non-overlapping subsequences in random order.
+
+    The model state starts fresh every batch, since neighbouring rows are unrelated text.
+    """
+
+    def _subsequences(self) -> int:
+        # The offset can be up to num_steps - 1, so count for the worst case: the number of
+        # batches per epoch must not depend on the epoch.
+        return (len(self.ids) - self.num_steps) // self.num_steps
+
+    def batches_per_epoch(self) -> int:
+        return self._subsequences() // self.batch_size
+
+    def epoch(self, epoch, start=0):
+        rng = self._rng(epoch)
+        offset = int(rng.integers(0, self.num_steps))
+        order = offset + rng.permutation(self._subsequences()) * self.num_steps  # start of each subsequence
+        steps = np.arange(self.num_steps)
+        for b in range(start, self.batches_per_epoch()):
+            starts = order[b * self.batch_size:(b + 1) * self.batch_size][self.local_rows]
+            index = starts[:, None] + steps  # (local_batch, num_steps)
+            yield self.ids[index], self.ids[index + 1]
+
+
+@register_sampling("sequential")
+class SequentialSampler(BatchSampler):
+    """D2L's sequential partitioning: `batch_size` contiguous streams read left to right.
+
+    Consecutive batches continue each stream, so the trainer carries (and detaches) the state.
+    """
+
+    carries_state = True
+
+    def _stream_len(self) -> int:
+        return (len(self.ids) - self.num_steps) // self.batch_size
+
+    def batches_per_epoch(self) -> int:
+        return self._stream_len() // self.num_steps
+
+    def epoch(self, epoch, start=0):
+        offset = int(self._rng(epoch).integers(0, self.num_steps))
+        n = self._stream_len() * self.batch_size
+        # Views of the memory map: only the rows of one batch are ever read into memory.
+        xs = self.ids[offset:offset + n].reshape(self.batch_size, -1)[self.local_rows]
+        ys = self.ids[offset + 1:offset + 1 + n].reshape(self.batch_size, -1)[self.local_rows]
+        for b in range(start, self.batches_per_epoch()):
+            cols = slice(b * self.num_steps, (b + 1) * self.num_steps)
+            yield np.asarray(xs[:, cols]), np.asarray(ys[:, cols])
