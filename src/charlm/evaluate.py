@@ -1,0 +1,199 @@
+"""Evaluation: summed NLL over a whole text with the state carried across bounded chunks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm.data.text import normalize as normalize_text
+from charlm.data.text import tokenize
+from charlm.errors import DataError
+
+DEFAULT_CHUNK_LEN = 512  # (1, 512, V) logits: small for characters, ~100 MB at V = 50k words
+LN2 = math.log(2.0)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put `model` in eval mode for the block and give back whichever mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Whole-text scores; `tokens` counts scored tokens (all but the first)."""
+
+    tokens: int
+    nats_per_token: float
+    bits_per_token: float
+    perplexity: float  # exp(mean NLL in nats)
+    unknown: int  # <unk> ids among ALL tokens of the text, inputs and targets alike
+    vocab_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Per-token surprisal; the first token has no history, so its surprisal is None."""
+
+    tokens: list[str]  # as in the normalized text (an unknown token shows itself, not <unk>)
+    surprisal_bits: list[float | None]  # -log2 p(token | everything before it)
+    total_bits: float
+    perplexity: float
+    unknown: int
+
+
+def _perplexity(nats_per_token: float) -> float:
+    try:
+        return math.exp(nats_per_token)
+    except OverflowError:
+        return math.inf
+
+
+def _as_long(segment, device: torch.device) -> torch.Tensor:
+    if isinstance(segment, torch.Tensor):
+        return segment.to(device=device, dtype=torch.long)
+    # Slicing a memmap reads only this chunk, so memory stays bounded for long corpora.
+    return torch.from_numpy(np.asarray(segment, dtype=np.int64)).to(device)
+
+
+def _check_length(n: int) -> None:
+    if n < 2:
+        raise DataError(
+            f"text has {n} token(s); evaluation needs at least 2 (one to condition on, one to score)"
+        )
+
+
+def _vocab_size(model, device: torch.device) -> int:
+    """Probe with one token, so ids can be checked before any indexes past the embedding."""
+    probe, _ = model(torch.zeros((1, 1), dtype=torch.long, device=device), model.init_state(1, device))
+    return probe.shape[-1]
+
+
+def _count(ids: torch.Tensor, unk_id: int | None) -> int:
+    return 0 if unk_id is None else int((ids == unk_id).sum())
+
+
+def _scored_chunks(model, ids, vocab_size: int, chunk_len: int, device, reduction: str):
+    """Yield (loss, targets) per chunk: targets ids[s+1 : s+L+1] scored from inputs ids[s : s+L].
+
+    The state carries from chunk to chunk, so the losses equal one pass over the whole text
+    while only (1, L, V) logits exist at a time.
+    """
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
+    state = model.init_state(1, device)
+    for start in range(0, len(ids) - 1, chunk_len):
+        chunk = _as_long(ids[start : start + chunk_len + 1], device)  # (L+1,)
+        lo, hi = int(chunk.min()), int(chunk.max())
+        if lo < 0 or hi >= vocab_size:
+            raise DataError(
+                f"token id {hi if hi >= vocab_size else lo} is outside the model's vocabulary of "
+                f"{vocab_size}; were these ids made with another vocabulary?"
+            )
+        x, y = chunk[:-1], chunk[1:]  # (L,), (L,)
+        logits, state = model(x[None], state)  # (1, L, V)
+        # float32 within a chunk; the callers accumulate chunks in float64.
+        yield F.cross_entropy(logits[0].float(), y, reduction=reduction), y
+
+
+def evaluate_ids(
+    model: torch.nn.Module,
+    ids: np.ndarray | torch.Tensor | Sequence[int],
+    *,
+    chunk_len: int = DEFAULT_CHUNK_LEN,
+    device: str | torch.device = "cpu",
+    unk_id: int | None = 0,
+) -> EvalResult:
+    """Mean NLL of ids[1:] given their history, one B = 1 stream with the state carried.
+
+    The first token has no prediction (nothing to condition on), so n ids give n - 1 scored
+    tokens, as in D2L. Unknown tokens are scored as <unk>, like in training. The model must be
+    on `device`; it runs in eval mode under inference_mode and keeps its previous mode after.
+    """
+    if getattr(ids, "ndim", 1) != 1:
+        raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
+    _check_length(len(ids))
+    device = torch.device(device)
+    total = 0.0  # python floats are float64
+    unknown = _count(_as_long(ids[:1], device), unk_id)  # the unscored first token counts too
+    with eval_mode(model), torch.inference_mode():
+        vocab_size = _vocab_size(model, device)
+        for loss, targets in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
+            total += float(loss)
+            unknown += _count(targets, unk_id)
+    scored = len(ids) - 1
+    nats = total / scored
+    return EvalResult(
+        tokens=scored,
+        nats_per_token=nats,
+        bits_per_token=nats / LN2,
+        perplexity=_perplexity(nats),
+        unknown=unknown,
+        vocab_size=int(vocab_size),
+    )
+
+
+def _text_ids(vocab, text: str, normalize: str) -> tuple[list[str], np.ndarray]:
+    tokens = tokenize(normalize_text(text, normalize), vocab.level)
+    return tokens, np.asarray(vocab.encode(tokens), dtype=np.int64)
+
+
+def evaluate_text(
+    model: torch.nn.Module,
+    vocab,
+    text: str,
+    normalize: str = "none",
+    *,
+    chunk_len: int = DEFAULT_CHUNK_LEN,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """evaluate_ids on `text` normalized and tokenized like the training text.
+
+    Tokens the vocabulary lacks become <unk> and are counted in `unknown`.
+    """
+    _, ids = _text_ids(vocab, text, normalize)
+    return evaluate_ids(model, ids, chunk_len=chunk_len, device=device, unk_id=0)
+
+
+def score_text(
+    model: torch.nn.Module,
+    vocab,
+    text: str,
+    normalize: str = "none",
+    *,
+    chunk_len: int = DEFAULT_CHUNK_LEN,
+    device: str | torch.device = "cpu",
+) -> ScoreResult:
+    """Surprisal of every token given its history; same pass and numbers as evaluate_text."""
+    tokens, ids = _text_ids(vocab, text, normalize)
+    _check_length(len(ids))
+    device = torch.device(device)
+    nats: list[float] = []
+    unknown = int(ids[0] == 0)
+    with eval_mode(model), torch.inference_mode():
+        vocab_size = _vocab_size(model, device)
+        for loss, targets in _scored_chunks(model, ids, vocab_size, chunk_len, device, "none"):
+            nats.extend(loss.tolist())
+            unknown += _count(targets, 0)
+    total_nats = math.fsum(nats)
+    return ScoreResult(
+        tokens=tokens,
+        surprisal_bits=[None] + [v / LN2 for v in nats],
+        total_bits=total_nats / LN2,
+        perplexity=_perplexity(total_nats / len(nats)),
+        unknown=unknown,
+    )

@@ -1,0 +1,262 @@
+"""The decode loop with a tiny hand-made model: warming, batching, stop strings, unknowns."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from charlm.data.vocab import Vocab
+from charlm.errors import CharLMError, ConfigError
+from charlm.evaluate import evaluate_text
+from charlm.generate import generate, novelty
+from charlm.models import available_models, build_model
+
+CHARS = ["a", "b", "c", "d"]
+
+
+def char_vocab():
+    return Vocab(["<unk>"] + CHARS, [0, 4, 3, 2, 1], level="char")
+
+
+class PositionModel(nn.Module):
+    """Favours token (n mod 4) + 1 after n tokens seen; the state is n per row.
+
+    So greedy output depends on the state being carried, and every call is recorded.
+    """
+
+    def __init__(self, sharpness=20.0):
+        super().__init__()
+        self.sharpness = sharpness
+        self.bias = nn.Parameter(torch.zeros(5))
+        self.calls = []  # (ids, training, inference_mode) per forward
+
+    def init_state(self, batch_size, device):
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def forward(self, ids, state=None):
+        B, T = ids.shape
+        self.calls.append((ids.clone(), self.training, torch.is_inference_mode_enabled()))
+        if state is None:
+            state = self.init_state(B, ids.device)
+        seen = state[:, None] + torch.arange(1, T + 1)  # (B, T) tokens seen up to each position
+        favoured = seen % 4 + 1
+        logits = nn.functional.one_hot(favoured, 5).float() * self.sharpness + self.bias
+        logits[..., 0] = -1e4  # never <unk>
+        return logits, state + T
+
+
+def expected_greedy(prefix_len, length):
+    return "".join(CHARS[(prefix_len + t) % 4] for t in range(length))
+
+
+def test_greedy_continues_from_the_carried_state():
+    model = PositionModel()
+    out = generate(model, char_vocab(), "ab", length=7, strategy="greedy")
+    assert out.prefix == "ab"
+    assert out.continuations == [expected_greedy(2, 7)] == ["cdabcda"]
+    assert out.texts == ["abcdabcda"]
+    assert out.stopped == [False] and out.mapped == []
+
+
+def test_prefix_is_one_forward_then_single_tokens_fed_back():
+    model = PositionModel(sharpness=1.0)
+    out = generate(model, char_vocab(), "abca", length=6, num_samples=3, seed=0)
+    shapes = [tuple(ids.shape) for ids, _, _ in model.calls]
+    # one call over the whole prefix, then one (B, 1) call per new token except the last
+    assert shapes == [(3, 4)] + [(3, 1)] * 5
+    assert model.calls[0][0].tolist() == [[1, 2, 3, 1]] * 3
+    vocab = char_vocab()
+    for step, (ids, _, _) in enumerate(model.calls[1:]):
+        fed = [vocab.decode(row) for row in ids.tolist()]
+        assert fed == [c[step] for c in out.continuations]
+
+
+def test_model_runs_in_eval_and_inference_mode_and_gets_its_mode_back():
+    model = PositionModel()
+    model.train()
+    generate(model, char_vocab(), "a", length=3)
+    assert all(not training and inference for _, training, inference in model.calls)
+    assert model.training
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    vocab = char_vocab()
+    run = lambda seed: generate(PositionModel(1.0), vocab, "ab", length=60, num_samples=2, seed=seed)
+    first, again, other = run(7), run(7), run(8)
+    assert first.continuations == again.continuations and first.seed == 7
+    assert first.continuations != other.continuations
+
+
+def test_unseeded_run_reports_a_seed_that_reproduces_it():
+    vocab = char_vocab()
+    out = generate(PositionModel(1.0), vocab, "ab", length=40)
+    again = generate(PositionModel(1.0), vocab, "ab", length=40, seed=out.seed)
+    assert again.continuations == out.continuations
+
+
+def test_a_batch_of_samples_has_one_continuation_each():
+    out = generate(PositionModel(1.0), char_vocab(), "ab", length=50, num_samples=5, seed=1)
+    assert len(out.continuations) == 5
+    assert all(len(c) == 50 and set(c) <= set(CHARS) for c in out.continuations)
+    assert len(set(out.continuations)) == 5
+
+
+def test_stop_string_may_start_in_the_prefix_and_is_included():
+    vocab = char_vocab()
+    out = generate(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="bc")
+    assert out.continuations == ["c"] and out.stopped == [True]
+    out = generate(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="da")
+    assert out.continuations == ["cda"] and out.stopped == [True]
+
+
+def test_stop_is_per_sample_and_the_loop_ends_when_all_stopped():
+    model = PositionModel(sharpness=0.0)  # uniform over a-d
+    streamed = [[] for _ in range(6)]
+
+    def on_token(step, pieces):
+        for b, piece in enumerate(pieces):
+            streamed[b].append(piece)
+
+    out = generate(model, char_vocab(), "a", length=500, num_samples=6, seed=3, stop="dd",
+                   on_token=on_token)
+    assert all(out.stopped)
+    for text in out.continuations:
+        assert text.endswith("dd") and text.find("dd") == len(text) - 2
+    assert len(set(map(len, out.continuations))) > 1  # samples stopped at different steps
+    # stopped samples stream nothing more; what was streamed is what is returned
+    assert ["".join(p) for p in streamed] == out.continuations
+    assert len(model.calls) == max(map(len, out.continuations))  # ended early, not at 500
+
+
+def test_samples_that_never_stop_run_to_length():
+    out = generate(PositionModel(), char_vocab(), "a", length=9, strategy="greedy", stop="aa")
+    assert out.continuations == [expected_greedy(1, 9)] and out.stopped == [False]
+
+
+def test_stop_string_the_model_cannot_produce_is_rejected():
+    with pytest.raises(ConfigError, match=r"stop string has characters not in the vocabulary: '\\n'"):
+        generate(PositionModel(), char_vocab(), "a", stop="\n")
+
+
+def test_on_token_streams_every_step():
+    seen = []
+    out = generate(PositionModel(), char_vocab(), "ab", length=4, strategy="greedy",
+                   num_samples=2, on_token=lambda step, pieces: seen.append((step, pieces)))
+    assert seen == [(0, ["c", "c"]), (1, ["d", "d"]), (2, ["a", "a"]), (3, ["b", "b"])]
+    assert out.continuations == ["cdab", "cdab"]
+
+
+def test_unknown_prefix_characters_error_by_default():
+    with pytest.raises(CharLMError) as err:
+        generate(PositionModel(), char_vocab(), "a7bQ", length=3)
+    assert str(err.value) == (
+        "prefix has characters not in the vocabulary: '7', 'Q' "
+        "(use --unknown map to replace them with <unk>)"
+    )
+
+
+def test_unknown_map_feeds_unk_and_reports_the_tokens():
+    model = PositionModel()
+    out = generate(model, char_vocab(), "a7bQ", length=3, strategy="greedy", unknown="map")
+    assert out.mapped == ["7", "Q"]
+    assert model.calls[0][0].tolist() == [[1, 0, 2, 0]]
+    assert out.prefix == "a7bQ" and out.continuations == [expected_greedy(4, 3)]
+
+
+def test_prefix_is_normalized_like_the_training_text():
+    model = PositionModel()
+    out = generate(model, char_vocab(), "AbC", normalize="lower", length=2, strategy="greedy")
+    assert out.prefix == "abc"
+    assert model.calls[0][0].tolist() == [[1, 2, 3]]
+    with pytest.raises(CharLMError, match="'A', 'C'"):
+        generate(PositionModel(), char_vocab(), "AbC", normalize="none")
+
+
+def test_empty_prefix_warms_on_a_single_unk():
+    model = PositionModel()
+    out = generate(model, char_vocab(), "", length=5, strategy="greedy", num_samples=2)
+    assert model.calls[0][0].tolist() == [[0], [0]]
+    assert out.prefix == "" and out.continuations == [expected_greedy(1, 5)] * 2
+
+
+def test_length_zero_runs_nothing():
+    model = PositionModel()
+    out = generate(model, char_vocab(), "ab", length=0, num_samples=2)
+    assert out.continuations == ["", ""] and model.calls == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"length": -1}, "length must be >= 0"),
+        ({"num_samples": 0}, "num_samples must be >= 1"),
+        ({"unknown": "skip"}, "unknown must be one of error, map"),
+        ({"strategy": "top_k"}, "needs top_k"),
+        ({"temperature": -1.0}, "temperature"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        generate(PositionModel(), char_vocab(), "a", **kwargs)
+
+
+def test_word_level_streams_and_joins_like_decode():
+    vocab = Vocab(["<unk>", "the", " ", "cat", "sat"], [0, 2, 2, 1, 1], level="word")
+    seen = []
+    out = generate(PositionModel(), vocab, "the cat", length=3, strategy="greedy",
+                   on_token=lambda step, pieces: seen.append(pieces[0]))
+    assert out.prefix == "the cat"
+    assert out.continuations == ["sat" + "the" + " "]  # ids 4, 1, 2 after 3 tokens seen
+    assert "".join(seen) == out.continuations[0]
+
+
+def brute_novelty(sample, text):
+    best = ""
+    for i in range(len(sample)):
+        for j in range(i + len(best) + 1, len(sample) + 1):
+            if sample[i:j] in text:
+                best = sample[i:j]
+    return len(best), best
+
+
+def test_novelty_finds_the_longest_copied_substring():
+    assert novelty("xxhello worldyy", "they said hello world!") == (11, "hello world")
+    assert novelty("", "abc") == (0, "")
+    assert novelty("xyz", "abc") == (0, "")
+    assert novelty("abc", "abc") == (3, "abc")
+
+
+def test_novelty_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 40)))
+        sample = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 25)))
+        assert novelty(sample, text)[0] == brute_novelty(sample, text)[0], (sample, text)
+        length, sub = novelty(sample, text)
+        assert sub in sample and sub in text and len(sub) == length
+
+
+def test_novelty_is_fast_on_megabytes():
+    # random text: nearly every window fails after a few characters, the costly case
+    rng = random.Random(1)
+    text = "".join(rng.choices("abcdefghij ", k=1_000_000))
+    sample = text[1000:1300] + "".join(rng.choices("abcdefghij ", k=500))
+    length, sub = novelty(sample, text)
+    assert length >= 300 and sub.startswith(text[1000:1300])
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_every_registered_model_serves_generate_and_evaluate(name):
+    """The real models through the contract: carried state must equal one long pass."""
+    vocab = Vocab(["<unk>", " "] + list("abcdefghijklmnopqrstuvwxyz"), [0] + [1] * 27)
+    torch.manual_seed(0)
+    model, _ = build_model(name, len(vocab), hidden_size=16, num_layers=1, embedding_dim=8,
+                           context=3, order=3)
+    out = generate(model, vocab, "the time", length=12, num_samples=3, seed=0, stop="e")
+    assert len(out.continuations) == 3
+    assert all(len(c) <= 12 and (s == c.endswith("e")) for c, s in zip(out.continuations, out.stopped))
+    assert generate(model, vocab, "", length=5, seed=0).continuations[0] != ""
+    text = "the time traveller for so it will be convenient to speak of him"
+    short, long = (evaluate_text(model, vocab, text, chunk_len=n).nats_per_token for n in (5, 100))
+    assert short == pytest.approx(long, abs=1e-5)
