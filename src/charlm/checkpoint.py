@@ -1,0 +1,124 @@
+"""The only place that saves and loads checkpoints: atomic writes, `weights_only` loads."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlm.config import RunConfig, config_from_dict
+from charlm.data.vocab import Vocab
+from charlm.errors import CharLMError, CheckpointError
+
+FORMAT_VERSION = 1
+LATEST_POINTER = Path("runs") / "LATEST"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; "
+                                  "the previous checkpoint is untouched") from None
+        raise
+
+
+def checkpoint_file(path: str | Path | None) -> Path:
+    """A checkpoint file, a run folder (best.pt, else last.pt) or None for the most recent run."""
+    if path is None:
+        if not LATEST_POINTER.is_file():
+            raise CheckpointError("no checkpoint given and no recent run found; "
+                                  "train one with `charlm train` or pass --checkpoint PATH")
+        path = LATEST_POINTER.read_text(encoding="utf-8").strip()
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint (best.pt or last.pt)")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
+    """Load with `weights_only=True`, so a crafted file can never run code."""
+    path = checkpoint_file(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported" in str(exc):
+            raise CheckpointError(f"refused to load {path}: it contains Python objects beyond tensors and "
+                                  "plain data, which could run code (not a charlm checkpoint?)") from None
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is corrupt or truncated ({first})") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError(f"{path} is not a charlm checkpoint")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {payload['format_version']}, this charlm reads "
+                              f"format {FORMAT_VERSION}; retrain or use the charlm version that wrote it")
+    payload["path"] = str(path)
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluate/generate/score, with everything needed to encode text for it."""
+
+    model: torch.nn.Module
+    vocab: Vocab
+    config: RunConfig
+    checkpoint: dict[str, Any]
+
+    @property
+    def normalize(self) -> str:
+        return self.config.data.normalize
+
+    @property
+    def level(self) -> str:
+        return self.config.data.level
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model a checkpoint describes, with its weights, in eval mode."""
+    from charlm.models import build_model
+
+    payload = load_checkpoint(path)
+    try:
+        config = config_from_dict(payload["config"])
+        vocab = Vocab.from_dict(payload["vocab"])
+        model, _ = build_model(payload["model_name"], len(vocab), **payload["model_args"])
+        model.load_state_dict(payload["model"])
+    except CharLMError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{payload['path']} does not describe a usable model ({first})") from None
+    model.to(device).eval()
+    return LoadedModel(model=model, vocab=vocab, config=config, checkpoint=payload)
+
+
+def record_latest_run(run_dir: str | Path) -> None:
+    """Remember the run so `generate`/`evaluate` work without --checkpoint right after training."""
+    try:
+        LATEST_POINTER.parent.mkdir(parents=True, exist_ok=True)
+        LATEST_POINTER.write_text(str(Path(run_dir).resolve()) + "\n", encoding="utf-8")
+    except OSError:
+        pass  # A convenience only: never fail a finished run over it.

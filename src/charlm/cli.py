@@ -1,0 +1,251 @@
+"""The `charlm` command line: parses, calls the library, prints, sets exit codes. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charlm import __version__
+from charlm.errors import CharLMError
+
+app = typer.Typer(
+    name="charlm",
+    help="Train, evaluate and sample character-level language models.\n\n"
+         "Example: charlm preprocess timemachine && charlm train --config configs/rnn.yaml "
+         "&& charlm generate --prefix 'time traveller'",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def friendly(command):
+    """Every CharLMError becomes one red line and its exit code; no traceback for user mistakes."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CharLMError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"charlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """Train, evaluate and sample character-level language models."""
+
+
+@app.command(epilog="Example: charlm preprocess timemachine --normalize letters")
+@friendly
+def preprocess(
+    corpus: str = typer.Argument(..., help="A text file, or a built-in dataset: timemachine, tinyshakespeare."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default data/<name>)."),
+    level: str = typer.Option("char", help="Tokens: char or word (words, punctuation and whitespace)."),
+    normalize: str = typer.Option("none", help="none (keep every character), lower, or letters (D2L: a-z and space)."),
+    val_fraction: float = typer.Option(0.1, help="Share of the text, at its end, kept for validation."),
+    min_freq: int = typer.Option(1, help="Tokens seen fewer times in training become <unk>."),
+    errors: str = typer.Option("strict", help="Invalid UTF-8: strict (stop) or replace (use U+FFFD)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output folder."),
+    stats_only: bool = typer.Option(False, "--stats-only", help="Print the statistics; write nothing."),
+) -> None:
+    """Encode a corpus into train.bin/val.bin with its vocabulary and n-gram statistics."""
+    from charlm.config import build_config
+    from charlm.data.corpus import preprocess as run_preprocess
+
+    build_config({"data": {"level": level, "normalize": normalize, "val_fraction": val_fraction,
+                           "min_freq": min_freq}})
+    if errors not in ("strict", "replace"):
+        raise CharLMError(f"--errors: '{errors}' is not one of strict, replace")
+    result = run_preprocess(corpus, out_dir, level=level, normalize=normalize, val_fraction=val_fraction,
+                            min_freq=min_freq, errors=errors, force=force, stats_only=stats_only)
+    from charlm.report import print_corpus_stats
+
+    print_corpus_stats(out, result, written=not stats_only)
+
+
+@app.command(epilog="Examples: charlm train --config configs/rnn.yaml --set train.max_steps=500\n\n"
+                    "charlm train --resume runs/rnn --set train.max_steps=4000")
+@friendly
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=0.001 (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from last.pt."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights, fresh optimizer."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only a final summary line."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes for data-parallel training (launches torchrun)."),
+) -> None:
+    """Train a model from a YAML config; writes checkpoints, metrics and curves to the run folder."""
+    from charlm.config import load_config
+
+    if resume is not None and init_from is not None:
+        raise CharLMError("--resume and --init-from exclude each other")
+    if resume is not None and config is None and (resume / "config.yaml").is_file():
+        config = resume / "config.yaml"
+    cfg = load_config(config, overrides)
+    if resume is not None:
+        cfg = cfg.replace("train", out=str(resume))
+    if nproc > 1:
+        from charlm.distributed import launch
+
+        raise typer.Exit(launch(nproc, sys.argv[1:]))
+    from charlm.report import TrainingDisplay
+    from charlm.train import train as run_training
+
+    display = TrainingDisplay(out, quiet=quiet)
+    with display:
+        result = run_training(cfg, resume=resume is not None, force=force, init_from=init_from,
+                              on_event=display.on_event)
+    display.summary(result)
+
+
+@app.command(epilog="Example: charlm plot runs/rnn")
+@friendly
+def plot(run: Path = typer.Argument(..., help="A run folder (holds metrics.jsonl).")) -> None:
+    """Redraw a run's curves.png: train and validation perplexity against step."""
+    from charlm.plot import plot_run
+
+    out.print(f"wrote {plot_run(run)}")
+
+
+@app.command(epilog="Examples: charlm evaluate\n\ncharlm evaluate --checkpoint runs/lstm --data held_out.txt --json")
+@friendly
+def evaluate(
+    checkpoint: Optional[Path] = typer.Option(None, help="Run folder (uses best.pt) or checkpoint file; "
+                                                         "default: the most recent run."),
+    data: str = typer.Option("val", help="'val' for the run's validation split, or a text file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Score a text or the validation split: cross-entropy, bits per token, perplexity."""
+    from charlm.inference import evaluate_checkpoint
+
+    result, loaded = evaluate_checkpoint(checkpoint, data, device=device)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    unit = "char" if loaded.level == "char" else "token"
+    table = Table(title=f"{loaded.checkpoint['path']} on {data}", show_header=False, box=None)
+    for name, value in (("tokens scored", f"{result.tokens:,}"),
+                        ("cross-entropy", f"{result.nats_per_token:.4f} nats/{unit}"),
+                        ("", f"{result.bits_per_token:.4f} bits/{unit}"),
+                        ("perplexity", f"{result.perplexity:.3f}"),
+                        ("uniform baseline", f"{result.vocab_size} (vocabulary size)"),
+                        ("unknown (<unk>)", f"{result.unknown:,}")):
+        table.add_row(name, value)
+    out.print(table)
+
+
+@app.command(epilog='Examples: charlm generate --prefix "time traveller"\n\n'
+                    'charlm generate --prefix "ROMEO:" --strategy top_p --top-p 0.9 --num-samples 3 --seed 1')
+@friendly
+def generate(
+    prefix: Optional[str] = typer.Option(None, help="Text that warms the state (default: the config's)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run folder or checkpoint file; default: the most recent run."),
+    length: Optional[int] = typer.Option(None, help="Tokens to generate."),
+    strategy: Optional[str] = typer.Option(None, help="greedy, sample, top_k or top_p."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0 means greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens (top_k)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Keep the smallest set with this mass (top_p)."),
+    num_samples: int = typer.Option(1, "--num-samples", "-n", help="Samples, generated as one batch."),
+    seed: Optional[int] = typer.Option(None, help="Random seed: the same seed gives the same text."),
+    stop: Optional[str] = typer.Option(None, help="Stop a sample once it produces this string."),
+    unknown: str = typer.Option("error", help="Prefix characters outside the vocabulary: error or map (to <unk>)."),
+    continuation_only: bool = typer.Option(False, "--continuation-only", help="Print only the new text."),
+    check_novelty: bool = typer.Option(False, "--check-novelty",
+                                       help="Report each sample's longest substring found in the training text."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Continue a prefix, one token at a time with the state carried (streams as it goes)."""
+    from charlm.inference import generate_from_checkpoint
+
+    streaming = num_samples == 1 and out.is_terminal
+    options = dict(prefix=prefix, length=length, strategy=strategy, temperature=temperature, top_k=top_k,
+                   top_p=top_p, num_samples=num_samples, seed=seed, stop=stop, unknown=unknown, device=device,
+                   check_novelty=check_novelty)
+
+    def show_prefix(text: str) -> None:
+        if streaming and not continuation_only:
+            out.file.write(text)
+            out.file.flush()
+
+    def on_token(step: int, tokens: list[str]) -> None:
+        out.file.write(tokens[0])
+        out.file.flush()
+
+    run = generate_from_checkpoint(checkpoint, on_prefix=show_prefix, on_token=on_token if streaming else None,
+                                   **options)
+    for warning in run.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for i, text in enumerate(run.result.continuations):
+        if streaming:
+            out.file.write("\n")
+        else:
+            if num_samples > 1:
+                out.print(f"[dim]--- sample {i + 1}[/]", highlight=False)
+            out.file.write(("" if continuation_only else run.result.prefix) + text + "\n")
+        if run.novelty:
+            length_found, found = run.novelty[i]
+            err.print(f"[dim]novelty: longest substring also in the training text: {length_found} "
+                      f"characters ({found[:60]!r})[/]", highlight=False)
+    out.file.flush()
+
+
+@app.command(epilog='Examples: charlm score "the time traveller smiled"\n\ncharlm score --file chapter.txt --json')
+@friendly
+def score(
+    text: Optional[str] = typer.Argument(None, help="Text to score (or use --file)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Score this text file instead."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Run folder or checkpoint file; default: the most recent run."),
+    as_json: bool = typer.Option(False, "--json", help="Print per-token surprisal as JSON."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Colour each character of a text by its surprisal (-log2 p) under the model."""
+    from charlm.inference import score_checkpoint
+
+    if (text is None) == (file is None):
+        raise CharLMError("give either TEXT or --file, not both or neither")
+    result, loaded = score_checkpoint(checkpoint, text, file, device=device)
+    if as_json:
+        print(json.dumps({"tokens": result.tokens, "surprisal_bits": result.surprisal_bits,
+                          "total_bits": result.total_bits, "perplexity": result.perplexity,
+                          "unknown": result.unknown}, ensure_ascii=False))
+        return
+    from charlm.report import print_surprisal
+
+    print_surprisal(out, result)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

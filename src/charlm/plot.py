@@ -1,0 +1,64 @@
+"""Training curves from a run's metrics.jsonl (matplotlib is optional)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from charlm.errors import CharLMError
+
+MATPLOTLIB_HINT = "matplotlib is not installed; get it with `pip install matplotlib` (or `pip install charlm[plot]`)"
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise CharLMError(f"{run_dir} is not a run folder (no metrics.jsonl)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise CharLMError(f"{path}:{number} is not valid JSON") from None
+    return rows
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw train and validation perplexity against step into curves.png."""
+    rows = read_metrics(run_dir)
+    if not have_matplotlib():
+        raise CharLMError(MATPLOTLIB_HINT)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out or Path(run_dir) / "curves.png")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    train = [(r["step"], r["perplexity"]) for r in rows if r.get("perplexity") is not None]
+    val = [(r["step"], r["val_perplexity"]) for r in rows if r.get("val_perplexity") is not None]
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(Path(run_dir).name)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

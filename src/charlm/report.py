@@ -1,0 +1,145 @@
+"""Rich rendering for the CLI: the training progress bar and summary tables. No library logic."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+class TrainingDisplay:
+    """Turns the trainer's events into a progress bar (or, with quiet, into nothing until the end)."""
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.progress: Progress | None = None
+        self.task = None
+        self.val: float | None = None
+        self.info: dict[str, Any] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
+
+    def on_event(self, kind: str, info: dict[str, Any]) -> None:
+        getattr(self, f"_on_{kind}", lambda info: None)(info)
+
+    def _on_start(self, info):
+        self.info = info
+        if self.quiet:
+            return
+        world = f" × {info['world_size']} processes" if info.get("world_size", 1) > 1 else ""
+        self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters, vocabulary "
+                           f"{info['vocab_size']}) on {info['device']}{world} → {info['run_dir']}", highlight=False)
+        if not info["total_steps"]:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TextColumn("ep {task.fields[epoch]}  loss {task.fields[loss]}  ppl {task.fields[ppl]}  "
+                       "val {task.fields[val]}  {task.fields[tps]} tok/s  |g| {task.fields[grad]}"),
+            TimeRemainingColumn(), console=self.console, transient=False, refresh_per_second=4)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=info["total_steps"], completed=info.get("step", 0),
+                                           epoch=0, loss="—", ppl="—", val="—", tps="—", grad="—")
+
+    def _on_log(self, row):
+        if row.get("val_perplexity") is not None:
+            self.val = row["val_perplexity"]
+        if self.quiet or self.progress is None:
+            if not self.quiet and "val_perplexity" in row:
+                self.console.print(f"step {row['step']}: val perplexity {_fmt(self.val)}")
+            return
+        self.progress.update(self.task, completed=row["step"], epoch=row["epoch"], loss=_fmt(row["loss"]),
+                             ppl=_fmt(row["perplexity"], ".2f"), val=_fmt(self.val, ".2f"),
+                             tps=f"{row['tokens_per_s']:,.0f}", grad=_fmt(row["grad_norm"], ".2f"))
+        if "val_perplexity" in row and row["val_perplexity"] is not None:
+            self.progress.console.print(f"step {row['step']:>6}  train ppl {row['perplexity']:.3f}  "
+                                        f"val ppl {row['val_perplexity']:.3f}  clipped {row['clipped']}",
+                                        highlight=False)
+
+    def _on_eval(self, row):
+        self.val = row.get("val_perplexity")
+
+    def _on_note(self, info):
+        if not self.quiet:
+            self.console.print(f"[yellow]note:[/] {info['message']}", highlight=False)
+
+    def summary(self, result) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        best = result.best_val_perplexity
+        bits = f" ({math.log2(best):.3f} bits/token)" if best else ""
+        line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s, {result.tokens_per_s:,.0f} tok/s; "
+                f"best val perplexity {_fmt(best)}{bits} → {result.run_dir}")
+        self.console.print(line, highlight=False, soft_wrap=True)
+        if result.status == "interrupted":
+            self.console.print(f"resume with: charlm train --resume {result.run_dir}", highlight=False)
+
+
+def print_corpus_stats(console: Console, result, written: bool) -> None:
+    """The counting-model view of a corpus: sizes, then the top n-grams and their Zipf slopes."""
+    stats, meta = result.stats, result.meta
+    console.print(f"[bold]{meta.get('name')}[/]: {stats['tokens']:,} {meta['level']} tokens "
+                  f"(normalize={meta['normalize']}), train {stats['train_tokens']:,} / val {stats['val_tokens']:,}, "
+                  f"vocabulary {stats['vocab_size']:,} (with <unk>)", highlight=False)
+    if stats.get("val_unknown"):
+        shown = ", ".join(repr(t) for t in stats.get("val_unknown_tokens", [])[:10])
+        console.print(f"validation tokens unseen in training, mapped to <unk>: {stats['val_unknown']:,} ({shown})",
+                      highlight=False)
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for order in ("unigrams", "bigrams", "trigrams"):
+        table.add_column(f"top {order}", no_wrap=True)
+    tops = [stats[order]["top"] for order in ("unigrams", "bigrams", "trigrams")]
+    for i in range(max(len(t) for t in tops)):
+        table.add_row(*(f"{_show(t[i]['tokens'])} {t[i]['count']:,}" if i < len(t) else "" for t in tops))
+    console.print(table)
+    slopes = ", ".join(f"{o} {_fmt(stats[o]['zipf_slope'], '.2f')}" for o in ("unigrams", "bigrams", "trigrams"))
+    console.print(f"Zipf slope (log frequency vs log rank): {slopes}", highlight=False)
+    if written and result.folder is not None:
+        console.print(f"wrote {result.folder} ({meta['dtype']} ids)", highlight=False)
+
+
+def _show(tokens: list[str]) -> str:
+    return repr("".join(tokens)) if all(len(t) == 1 for t in tokens) else repr(" ".join(tokens))
+
+
+SURPRISAL_STYLES = ((1.0, "green"), (2.0, "bright_green"), (4.0, "yellow"), (8.0, "red"), (math.inf, "bold magenta"))
+
+
+def _surprisal_style(bits: float | None) -> str:
+    if bits is None:
+        return "dim"
+    return next(style for limit, style in SURPRISAL_STYLES if bits < limit)
+
+
+def print_surprisal(console: Console, result) -> None:
+    """The text with every token coloured by −log2 p, a legend, and the totals."""
+    from rich.text import Text
+
+    text = Text()
+    for token, bits in zip(result.tokens, result.surprisal_bits):
+        text.append(token, style=_surprisal_style(bits) + (" underline" if token.isspace() and bits and bits >= 4 else ""))
+    console.print(text)
+    legend = Text("surprisal: ")
+    low = 0.0
+    for limit, style in SURPRISAL_STYLES:
+        label = f"{low:g}–{limit:g} bits" if math.isfinite(limit) else f"≥{low:g} bits"
+        legend.append(f"■ {label}  ", style=style)
+        low = limit
+    console.print(legend)
+    scored = sum(b is not None for b in result.surprisal_bits)
+    console.print(f"total {result.total_bits:.1f} bits over {scored} predicted tokens "
+                  f"({result.total_bits / max(scored, 1):.3f} bits/token), perplexity {result.perplexity:.3f}"
+                  + (f", {result.unknown} unknown" if result.unknown else ""), highlight=False)

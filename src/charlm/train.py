@@ -1,0 +1,366 @@
+"""The training loop: sampler → model → loss → clip → step, with evaluation, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm import __version__, distributed
+from charlm.distributed import resolve_device
+from charlm.checkpoint import load_checkpoint, record_latest_run, save_checkpoint
+from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
+from charlm.data.batches import make_sampler
+from charlm.data.corpus import PreparedCorpus
+from charlm.data.prepare import prepare_for_training
+from charlm.errors import CharLMError, ConfigError
+from charlm.evaluate import evaluate_ids
+from charlm.models import build_model, detach_state
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+class TrainingDiverged(CharLMError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished" | "interrupted"
+    step: int
+    best_val_perplexity: float | None
+    val_perplexity: float | None
+    elapsed: float
+    tokens_per_s: float
+
+
+def lr_factor(step: int, cfg: RunConfig, total_steps: int | None) -> float:
+    """The schedule as a pure function of the step, so it needs no state in the checkpoint."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "step":
+        return o.gamma ** (step // o.step_size)
+    if o.schedule == "cosine" and total_steps:
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+        floor = o.min_lr / o.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def model_options(cfg: RunConfig) -> dict[str, Any]:
+    options = cfg.to_dict()["model"]
+    options.pop("name")
+    return options
+
+
+@contextmanager
+def stop_on_signals(enabled: bool) -> Iterator[threading.Event]:
+    """Turn the first SIGINT/SIGTERM into a request to stop after the current step; a second one kills."""
+    requested = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        requested.set()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise CharLMError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
+        return
+    if run_dir.exists() and not force and any(run_dir.iterdir()):
+        raise CharLMError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} "
+                          "or overwrite it with --force")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharLMError(f"run folder {run_dir} is a file")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise CharLMError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
+
+
+def _resume_config(cfg: RunConfig, payload: dict[str, Any]) -> RunConfig:
+    saved = config_from_dict(payload["config"], name=cfg.name)
+    forbidden = [k for k in changed_keys(saved, cfg) if k not in RESUMABLE_KEYS and k != "train.out"]
+    if forbidden:
+        raise ConfigError(f"--resume cannot change {', '.join(forbidden)} (only {', '.join(sorted(RESUMABLE_KEYS))}); "
+                          "use --init-from to start a new run from these weights")
+    return cfg
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from, so no step appears twice."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, force: bool = False,
+          init_from: str | Path | None = None, on_event: Event | None = None,
+          handle_signals: bool = True) -> TrainResult:
+    """Train `cfg` into `run_dir` (default runs/<config name>); see the README for the files it writes."""
+    emit = on_event or (lambda kind, info: None)
+    run_dir = Path(run_dir or cfg.train.out or Path("runs") / cfg.name)
+    dist = distributed.setup()
+    payload = None
+    if resume:
+        _prepare_run_dir(run_dir, resume=True, force=False)
+        payload = load_checkpoint(run_dir / "last.pt")
+        cfg = _resume_config(cfg, payload)
+    elif dist.is_main:
+        _prepare_run_dir(run_dir, resume=False, force=force)
+    dist.barrier()
+
+    corpus: PreparedCorpus = prepare_for_training(cfg.data, main_process=dist.is_main, barrier=dist.barrier)
+    vocab = corpus.vocab
+    device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model, model_args = build_model(cfg.model.name, len(vocab), **model_options(cfg))
+    if init_from is not None:
+        start = load_checkpoint(init_from)
+        if start["model_args"] != model_args or start["model_name"] != cfg.model.name:
+            raise ConfigError(f"--init-from {init_from}: its model ({start['model_name']}, {start['model_args']}) "
+                              f"differs from the config's ({cfg.model.name}, {model_args})")
+        model.load_state_dict(start["model"])
+    model.to(device)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        vocab.save(run_dir / "vocab.json")
+
+    base = {"model_name": cfg.model.name, "model_args": model_args, "vocab": vocab.to_dict(),
+            "charlm_version": __version__, "data_dir": str(Path(corpus.folder).resolve())}
+    if not getattr(model, "trainable", True):
+        return _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit)
+
+    ctx = Trainer(cfg, model, corpus, run_dir, device, dist, base, emit)
+    if payload is not None:
+        ctx.restore(payload)
+        _truncate_metrics(run_dir / "metrics.jsonl", ctx.step) if dist.is_main else None
+    with stop_on_signals(handle_signals) as stop_requested:
+        return ctx.run(stop_requested)
+
+
+def _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit) -> TrainResult:
+    started = time.perf_counter()
+    emit("start", {"run_dir": str(run_dir), "total_steps": 0, "device": str(device), "parameters": 0,
+                   "model": cfg.model.name, "vocab_size": len(corpus.vocab)})
+    model.fit(np.asarray(corpus.train))
+    elapsed = time.perf_counter() - started
+    val = evaluate_ids(model, corpus.val, device=device).perplexity if len(corpus.val) > 1 else None
+    payload = {**base, "model": model.state_dict(), "config": cfg.to_dict(), "step": 0, "epoch": 0,
+               "best_val": val, "elapsed": elapsed, "finished": True}
+    save_checkpoint(run_dir / "last.pt", payload)
+    save_checkpoint(run_dir / "best.pt", payload)
+    row = {"step": 0, "epoch": 0, "val_perplexity": val, "elapsed": elapsed,
+           "tokens_per_s": len(corpus.train) / max(elapsed, 1e-9)}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    emit("eval", row)
+    record_latest_run(run_dir)
+    result = TrainResult(run_dir, "finished", 0, val, val, elapsed, row["tokens_per_s"])
+    emit("end", {"result": result})
+    return result
+
+
+class Trainer:
+    """The state of one training run; `run` is the loop, `restore` resumes it exactly."""
+
+    def __init__(self, cfg, model, corpus, run_dir, device, dist, base, emit):
+        self.cfg, self.model, self.corpus, self.run_dir = cfg, model, corpus, run_dir
+        self.device, self.dist, self.base, self.emit = device, dist, base, emit
+        self.sampler = make_sampler(cfg.data.sampling, corpus.train, cfg.data.batch_size, cfg.data.num_steps,
+                                    cfg.train.seed, dist.rank, dist.world_size)
+        self.optimizer = make_optimizer(model.parameters(), cfg)
+        self.net = dist.wrap(model)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
+                         else nullcontext())
+        self.step = self.epoch = self.batch = 0
+        self.elapsed = 0.0
+        self.best_val: float | None = None
+        self.state = None  # carried across batches by the sequential sampler
+
+    def total_steps(self) -> int | None:
+        t = self.cfg.train
+        limits = [n for n in (t.max_steps, t.epochs and t.epochs * self.sampler.batches_per_epoch()) if n]
+        return min(limits) if limits else None
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.epoch, self.batch = payload["step"], payload["epoch"], payload["batch"]
+        self.elapsed, self.best_val = payload["elapsed"], payload["best_val"]
+        torch.set_rng_state(payload["rng"])
+        state = payload.get("carried_state")
+        self.state = _to_device(state, self.device) if state is not None else None
+
+    def checkpoint(self, finished: bool = False) -> dict[str, Any]:
+        state = self.state if self.dist.world_size == 1 else None
+        return {**self.base, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
+                "elapsed": self.elapsed, "best_val": self.best_val, "rng": torch.get_rng_state(),
+                "carried_state": _to_device(state, "cpu") if state is not None else None, "finished": finished}
+
+    def save(self, val: float | None, finished: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        payload = self.checkpoint(finished)
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if val is not None and val <= (self.best_val or math.inf):
+            save_checkpoint(self.run_dir / "best.pt", payload)
+
+    def validate(self, full: bool) -> float | None:
+        val_ids = self.corpus.val
+        if len(val_ids) < 2:
+            return None
+        cap = self.cfg.train.eval_tokens
+        if cap and not full:
+            val_ids = val_ids[:cap]
+        return self.dist.evaluate(self.model, val_ids, self.device)
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(xb.astype(np.int64)).to(self.device, non_blocking=True)
+        y = torch.from_numpy(yb.astype(np.int64)).to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        state = self.state if self.sampler.carries_state else None
+        with self.autocast:
+            logits, state = self.net(x, state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.optim.grad_clip
+        # clip_grad_norm_ returns the norm before clipping: g <- min(1, clip/||g||) g
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        self.optimizer.step()
+        if self.sampler.carries_state:
+            self.state = detach_state(state)
+        return loss.detach(), grad_norm.detach()
+
+    def draw_curves(self) -> None:
+        from charlm.plot import MATPLOTLIB_HINT, have_matplotlib, plot_run
+
+        if have_matplotlib():
+            plot_run(self.run_dir)
+        else:
+            self.emit("note", {"message": f"{MATPLOTLIB_HINT}; skipped curves.png"})
+
+    def run(self, stop_requested: threading.Event) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.train
+        total = self.total_steps()
+        if total is None and t.max_time is None:
+            raise ConfigError("set train.epochs, train.max_steps or train.max_time, or training never stops")
+        self.model.train()
+        params = sum(p.numel() for p in self.model.parameters())
+        self.emit("start", {"run_dir": str(self.run_dir), "total_steps": total, "device": str(self.device),
+                            "parameters": params, "model": cfg.model.name, "vocab_size": len(self.corpus.vocab),
+                            "step": self.step, "batches_per_epoch": self.sampler.batches_per_epoch(),
+                            "world_size": self.dist.world_size})
+        tokens_per_step = cfg.data.batch_size * cfg.data.num_steps
+        window_loss, window_clipped, window_steps = torch.zeros((), device=self.device), 0, 0
+        window_start, status, val = time.perf_counter(), "finished", None
+        clock = time.perf_counter()
+        metrics = self.run_dir / "metrics.jsonl"
+        batches = self.sampler.epoch(self.epoch, self.batch)
+        while (total is None or self.step < total) and (t.max_time is None or self.elapsed < t.max_time):
+            xb, yb = next(batches)
+            lr = cfg.optim.lr * lr_factor(self.step, cfg, total)
+            loss, grad_norm = self.train_step(xb, yb, lr)
+            self.step, self.batch = self.step + 1, self.batch + 1
+            if self.batch >= self.sampler.batches_per_epoch():
+                # A new epoch has a new offset: carried state would belong to other text.
+                self.epoch, self.batch, self.state = self.epoch + 1, 0, None
+                batches = self.sampler.epoch(self.epoch)
+            window_loss += loss
+            clipped = cfg.optim.grad_clip > 0 and grad_norm > cfg.optim.grad_clip
+            window_clipped += clipped
+            window_steps += 1
+            now = time.perf_counter()
+            self.elapsed += now - clock
+            clock = now
+            last = (total is not None and self.step >= total) or (t.max_time is not None and self.elapsed >= t.max_time)
+            stopping = last or stop_requested.is_set() or self.dist.any_stop(stop_requested.is_set())
+            evaluate_now = self.step % t.eval_every == 0 or stopping
+            if self.step % t.log_every == 0 or evaluate_now:
+                mean_loss = self.dist.mean(window_loss / window_steps).item()  # the one host sync
+                if not math.isfinite(mean_loss):
+                    self.emit("diverged", {"step": self.step})
+                    raise TrainingDiverged(f"loss became {mean_loss} near step {self.step}; training stopped, "
+                                           f"the last good checkpoint is {self.run_dir / 'last.pt'} "
+                                           "(try a lower optim.lr or optim.grad_clip)")
+                row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "perplexity": math.exp(mean_loss),
+                       "lr": lr, "grad_norm": float(grad_norm), "clipped": int(window_clipped),
+                       "tokens_per_s": window_steps * tokens_per_step / max(now - window_start, 1e-9),
+                       "elapsed": self.elapsed}
+                if evaluate_now:
+                    val = self.validate(full=stopping)
+                    row["val_perplexity"] = val
+                    self.save(val, finished=last)
+                    if val is not None and val <= (self.best_val or math.inf):
+                        self.best_val = val
+                    clock = time.perf_counter()  # evaluation and saving do not count as training speed
+                if self.dist.is_main:
+                    with metrics.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                self.emit("log", row)
+                window_loss, window_clipped, window_steps = torch.zeros((), device=self.device), 0, 0
+                window_start = time.perf_counter()
+            if stopping:
+                status = "finished" if last else "interrupted"
+                break
+        result = TrainResult(self.run_dir, status, self.step, self.best_val, val, self.elapsed,
+                             self.step * tokens_per_step / max(self.elapsed, 1e-9))
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(
+                {"status": status, "step": self.step, "best_val_perplexity": self.best_val,
+                 "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s}, indent=1),
+                encoding="utf-8")
+            record_latest_run(self.run_dir)
+            self.draw_curves()
+        self.emit("end", {"result": result})
+        return result
+
+
+def _to_device(state, device):
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    return tuple(_to_device(s, device) for s in state)

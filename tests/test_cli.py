@@ -1,0 +1,139 @@
+"""End to end through the real command line, on a small slice of The Time Machine."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from charlm.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_data):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
+    (tmp_path / "corpus.txt").write_text((shared_data / "timemachine.txt").read_text()[:40000])
+    (tmp_path / "tiny.yaml").write_text(
+        "data: {corpus: corpus.txt, normalize: letters, batch_size: 8, num_steps: 16}\n"
+        "model: {name: lstm, hidden_size: 32, embedding_dim: 8}\n"
+        "optim: {lr: 0.01}\n"
+        "train: {max_steps: 10, eval_every: 5, log_every: 5}\n"
+        "generate: {prefix: the, length: 12}\n")
+    return tmp_path
+
+
+@pytest.fixture
+def trained(workdir):
+    result = invoke("train", "--config", "tiny.yaml", "--quiet")
+    assert result.exit_code == 0, result.output
+    return workdir
+
+
+def test_version_and_help_are_fast_and_torch_free():
+    code = ("import sys, time; t = time.perf_counter(); sys.argv = ['charlm', '--help']\n"
+            "from charlm.cli import app\n"
+            "try: app()\n"
+            "except SystemExit: pass\n"
+            "print('torch' in sys.modules, time.perf_counter() - t, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    imported, seconds = done.stderr.split()[-2:]
+    assert imported == "False" and float(seconds) < 0.3
+    assert "preprocess" in done.stdout and "generate" in done.stdout
+    assert "charlm 0.1.0" in invoke("--version").output
+    for command in ("preprocess", "train", "evaluate", "generate", "score", "plot"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_config_errors_exit_2_without_torch(workdir):
+    code = ("import sys; sys.argv = ['charlm', 'train', '--config', 'tiny.yaml', '--set', 'model.hiden_size=3']\n"
+            "from charlm.cli import app\n"
+            "try: app()\n"
+            "except SystemExit as e: print(e.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert done.stdout.split() == ["2", "False"]
+    assert "did you mean 'model.hidden_size'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_preprocess_prints_statistics(workdir):
+    result = invoke("preprocess", "timemachine", "--normalize", "letters")
+    assert result.exit_code == 0, result.output
+    assert "173,428 char tokens" in result.output and "vocabulary 28" in result.output
+    assert "' th' 3,522" in result.output and "Zipf slope" in result.output
+    assert (workdir / "data" / "timemachine" / "train.bin").stat().st_size == 156085
+    again = invoke("preprocess", "timemachine", "--normalize", "letters")
+    assert again.exit_code == 2 and "--force" in again.output
+    stats = invoke("preprocess", "--stats-only", "corpus.txt")
+    assert stats.exit_code == 0 and not (workdir / "data" / "corpus").exists()
+
+
+def test_train_generate_evaluate_score(trained):
+    run = trained / "runs" / "tiny"
+    assert (run / "best.pt").is_file() and (run / "curves.png").is_file()
+    gen = invoke("generate", "--prefix", "Time Traveller", "--length", "30", "--seed", "3")
+    assert gen.exit_code == 0, gen.output
+    text = gen.output.strip()
+    assert text.startswith("time traveller") and len(text) == len("time traveller") + 30
+    assert invoke("generate", "--prefix", "Time Traveller", "--length", "30", "--seed", "3").output == gen.output
+    cont = invoke("generate", "--prefix", "time", "--length", "10", "--continuation-only", "--strategy", "greedy")
+    assert len(cont.output.strip("\n")) == 10
+    many = invoke("generate", "-n", "3", "--length", "8", "--seed", "1")
+    assert many.output.count("--- sample") == 3
+    ev = invoke("evaluate", "--json")
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads(ev.output)
+    assert set(metrics) == {"tokens", "nats_per_token", "bits_per_token", "perplexity", "unknown", "vocab_size"}
+    assert metrics["vocab_size"] == 28 and 1 < metrics["perplexity"] < 28
+    (trained / "other.txt").write_text("The Time Traveller smiled. Are you sure?")
+    ev_file = json.loads(invoke("evaluate", "--data", "other.txt", "--json").output)
+    sc = json.loads(invoke("score", "--file", "other.txt", "--json").output)
+    nats = [b * 0.6931471805599453 for b in sc["surprisal_bits"][1:]]
+    assert ev_file["tokens"] == len(nats)
+    assert sum(nats) / len(nats) == pytest.approx(ev_file["nats_per_token"], rel=1e-6)
+    shown = invoke("score", "the time machine")
+    assert shown.exit_code == 0 and "surprisal" in shown.output and "perplexity" in shown.output
+    table = invoke("evaluate")
+    assert "perplexity" in table.output and "bits/char" in table.output
+
+
+def test_generate_rejects_unknown_characters_and_bad_sampling(trained):
+    bad = invoke("generate", "--prefix", "time 42")
+    assert bad.exit_code == 0  # letters normalization turns digits into spaces: nothing unknown
+    for args, message in ((["--temperature", "-1"], "temperature"), (["--strategy", "top_p", "--top-p", "1.5"], "top_p"),
+                          (["--strategy", "top_k", "--top-k", "0"], "top_k"), (["--strategy", "beam"], "beam")):
+        result = invoke("generate", *args)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_interrupt_then_resume_through_the_cli(trained):
+    result = invoke("train", "--resume", "runs/tiny", "--set", "train.max_steps=15", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "finished at step 15" in result.output
+    refused = invoke("train", "--resume", "runs/tiny", "--set", "optim.lr=0.5")
+    assert refused.exit_code == 2 and "--resume cannot change optim.lr" in refused.output
+    plot = invoke("plot", "runs/tiny")
+    assert plot.exit_code == 0 and "curves.png" in plot.output
+
+
+def test_sigterm_saves_and_exits_0(workdir):
+    (workdir / "long.yaml").write_text((workdir / "tiny.yaml").read_text().replace("max_steps: 10", "max_steps: 100000"))
+    proc = subprocess.Popen([sys.executable, "-m", "charlm", "train", "--config", "long.yaml", "--quiet"],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "runs" / "long" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.is_file() and metrics.stat().st_size):
+        time.sleep(0.1)
+    proc.terminate()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "interrupted at step" in stdout and "charlm train --resume runs/long" in stdout
+    assert (workdir / "runs" / "long" / "last.pt").is_file()

@@ -1,0 +1,157 @@
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from charlm.checkpoint import load_checkpoint, load_model
+from charlm.config import build_config
+from charlm.errors import CharLMError, CheckpointError, ConfigError
+from charlm.train import Trainer, TrainingDiverged, lr_factor, train
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_data):
+    monkeypatch.chdir(tmp_path)
+    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:30000]
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def tiny(*overrides, **sections):
+    raw = {"data": {"corpus": "corpus.txt", "normalize": "letters", "batch_size": 4, "num_steps": 12},
+           "model": {"name": "rnn", "hidden_size": 24, "embedding_dim": 8, "dropout": 0.1},
+           "optim": {"lr": 0.01}, "train": {"max_steps": 12, "eval_every": 6, "log_every": 2, "eval_tokens": 500}}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return build_config(raw, list(overrides), name="tiny")
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_everything_and_learns(workdir):
+    result = train(tiny(), handle_signals=False)
+    run = workdir / "runs" / "tiny"
+    assert result.status == "finished" and result.step == 12 and result.run_dir.resolve() == run
+    for name in ("config.yaml", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert {"step", "epoch", "loss", "perplexity", "lr", "grad_norm", "clipped", "tokens_per_s", "elapsed"} <= set(rows[0])
+    assert [r["step"] for r in rows if "val_perplexity" in r] == [6, 12]
+    assert rows[-1]["loss"] < rows[0]["loss"] < math.log(28) + 0.5
+    assert math.isclose(rows[0]["perplexity"], math.exp(rows[0]["loss"]))
+    assert (workdir / "runs" / "LATEST").read_text().strip() == str(run.resolve())
+    loaded = load_model()  # the most recent run, without a path
+    assert loaded.normalize == "letters" and len(loaded.vocab) == 28
+    assert load_checkpoint(run / "last.pt")["finished"] is True
+
+
+def test_same_seed_same_losses(workdir):
+    train(tiny(), run_dir="a", handle_signals=False)
+    train(tiny(), run_dir="b", handle_signals=False)
+    train(tiny("train.seed=1"), run_dir="c", handle_signals=False)
+    assert losses(workdir / "a") == losses(workdir / "b")
+    assert losses(workdir / "a") != losses(workdir / "c")
+
+
+@pytest.mark.parametrize("sampling, model", [("random", "rnn"), ("sequential", "lstm")])
+def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
+    cfg = tiny(f"data.sampling={sampling}", f"model.name={model}", "train.max_steps=16", "train.eval_every=4")
+    train(cfg, run_dir="whole", handle_signals=False)
+    train(tiny(f"data.sampling={sampling}", f"model.name={model}", "train.max_steps=8", "train.eval_every=4"),
+          run_dir="split", handle_signals=False)
+    result = train(cfg, run_dir="split", resume=True, handle_signals=False)
+    assert result.step == 16
+    assert losses(workdir / "whole") == losses(workdir / "split")
+    a, b = load_checkpoint("whole/last.pt")["model"], load_checkpoint("split/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_model_changes_and_init_from_starts_fresh(workdir):
+    train(tiny(), run_dir="first", handle_signals=False)
+    with pytest.raises(ConfigError, match="--resume cannot change model.hidden_size"):
+        train(tiny("model.hidden_size=32"), run_dir="first", resume=True, handle_signals=False)
+    result = train(tiny("train.max_steps=2"), run_dir="second", init_from="first/last.pt", handle_signals=False)
+    assert result.step == 2
+    first_loss = losses(workdir / "second")[0]
+    assert first_loss < losses(workdir / "first")[0]  # started from trained weights
+    with pytest.raises(ConfigError, match="differs from the config"):
+        train(tiny("model.hidden_size=32"), run_dir="third", init_from="first/last.pt", handle_signals=False)
+
+
+def test_existing_run_needs_force(workdir):
+    train(tiny("train.max_steps=2"), run_dir="r", handle_signals=False)
+    with pytest.raises(CharLMError, match="--resume r or overwrite it with --force"):
+        train(tiny("train.max_steps=2"), run_dir="r", handle_signals=False)
+    assert train(tiny("train.max_steps=2"), run_dir="r", force=True, handle_signals=False).step == 2
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(workdir, monkeypatch):
+    real_step = Trainer.train_step
+
+    def poisoned(self, xb, yb, lr):
+        loss, norm = real_step(self, xb, yb, lr)
+        return (loss * float("nan") if self.step >= 7 else loss), norm
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan near step 8"):
+        train(tiny(), run_dir="nan", handle_signals=False)
+    checkpoint = load_checkpoint("nan/last.pt")
+    assert checkpoint["step"] == 6 and all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+def test_sigint_saves_and_resumes(workdir):
+    def on_event(kind, info):
+        if kind == "log" and info["step"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(tiny(), run_dir="sig", on_event=on_event)
+    # the signal arrived after step 4 was logged: step 5 is finished, saved, and the run stops
+    assert result.status == "interrupted" and result.step == 5
+    assert load_checkpoint("sig/last.pt")["step"] == 5
+    assert train(tiny(), run_dir="sig", resume=True, handle_signals=False).step == 12
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(workdir, monkeypatch):
+    train(tiny("train.max_steps=6"), run_dir="disk", handle_signals=False)
+    before = (workdir / "disk" / "last.pt").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint is untouched"):
+        train(tiny("train.max_steps=12"), run_dir="disk", resume=True, handle_signals=False)
+    assert (workdir / "disk" / "last.pt").read_bytes() == before
+    assert not [p for p in (workdir / "disk").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_schedules():
+    cfg = tiny("optim.schedule=cosine", "optim.warmup_steps=10", "optim.lr=1.0", "optim.min_lr=0.1")
+    assert lr_factor(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_factor(60, cfg, 110) == pytest.approx(0.55)
+    assert lr_factor(110, cfg, 110) == pytest.approx(0.1)
+    step = tiny("optim.schedule=step", "optim.step_size=5", "optim.gamma=0.5")
+    assert [lr_factor(s, step, None) for s in (0, 4, 5, 10)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_clipping_is_reported(workdir):
+    train(tiny("optim.grad_clip=0.01"), run_dir="clip", handle_signals=False)
+    rows = [json.loads(line) for line in (workdir / "clip" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["clipped"] == 2 for r in rows)  # every step of every 2-step window
+    train(tiny("optim.grad_clip=0"), run_dir="noclip", handle_signals=False)
+    rows = [json.loads(line) for line in (workdir / "noclip" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["clipped"] == 0 for r in rows)
+
+
+def test_counting_model_trains_by_counting(workdir):
+    result = train(tiny("model.name=ngram", "model.order=3"), run_dir="ng", handle_signals=False)
+    assert result.status == "finished" and result.step == 0
+    assert 1 < result.best_val_perplexity < 28
+    assert load_model("ng").model.__class__.__name__.lower().startswith("ngram")
