@@ -59,12 +59,12 @@ def build(name: str, options: dict, vocab_size: int) -> tuple[nn.Module, str]:
     return model, "charlm.models"
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
@@ -81,17 +81,20 @@ def naive(model, vocab, length: int, seed: int) -> None:
             buf[:, t] = pick(logits[:, -1], gen, temperature=0.8)
 
 
-def step_us(model, steps: int = 300) -> float:
+def step_us(model, clock, steps: int = 300) -> float:
     """Microseconds per (1, 1) forward with a carried state: the model's share of a step."""
     with torch.inference_mode():
         model.eval()
         x, state = torch.ones(1, 1, dtype=torch.long), model.init_state(1, "cpu")
         for _ in range(20):
             _, state = model(x, state)
-        start = time.perf_counter()
-        for _ in range(steps):
-            _, state = model(x, state)
-        return (time.perf_counter() - start) / steps * 1e6
+
+        def run() -> None:
+            nonlocal state
+            for _ in range(steps):
+                _, state = model(x, state)
+
+        return best_time(run, 3, clock) / steps * 1e6
 
 
 def main() -> None:
@@ -100,18 +103,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--naive-lengths", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time, steadier on a shared machine with --threads 1")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     vocab = Vocab(["<unk>", " "] + list(string.ascii_lowercase), [0] + [1] * 27)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, V={len(vocab)}, "
-          f"prefix {PREFIX!r}, strategy sample T=0.8, best of {args.repeats}")
+          f"prefix {PREFIX!r}, strategy sample T=0.8, best of {args.repeats}, {args.clock} clock")
     header = f"{'model':<11} {'B':>3} {'length':>6} {'carried c/s':>12} {'naive c/s':>10} " \
              f"{'speed-up':>8} {'loop us':>8} {'step us':>8}"
     for label, (name, options) in CONFIGS.items():
         model, source = build(name, options, len(vocab))
-        model_us = step_us(model)
+        model_us = step_us(model, clock)
         print(f"\n{label}: {source}, {sum(p.numel() for p in model.parameters()):,} parameters")
         print(header)
         for batch in (1, 64):
@@ -119,11 +125,11 @@ def main() -> None:
                 run = lambda: generate(model, vocab, PREFIX, length=length, temperature=0.8,
                                        num_samples=batch, seed=0)
                 run()  # warm-up: allocator, lazy init
-                secs = best_time(run, args.repeats if length <= 500 else 1)
+                secs = best_time(run, args.repeats, clock)
                 rate = batch * length / secs
                 naive_cell, ratio_cell = "", ""
                 if batch == 1 and length in args.naive_lengths:
-                    naive_secs = best_time(lambda: naive(model, vocab, length, 0), 1)
+                    naive_secs = best_time(lambda: naive(model, vocab, length, 0), 1, clock)
                     naive_cell = f"{length / naive_secs:,.0f}"
                     ratio_cell = f"{naive_secs / secs:.1f}x"
                 loop = secs / length * 1e6

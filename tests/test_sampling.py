@@ -72,7 +72,7 @@ def test_temperature_zero_is_greedy_for_every_sampler():
     assert torch.equal(get_strategy("top_p")(logits, gen(), temperature=0.0, top_p=0.5), want)
 
 
-@pytest.mark.parametrize("temperature", [1e-3, 1e-8, 1e-30])
+@pytest.mark.parametrize("temperature", [1e-3, 1e-8, 1e-30, 1e-40])
 def test_tiny_temperature_approaches_greedy_without_nan(temperature):
     logits = torch.tensor([[1.0, 1.5, 0.2, 1.4]])
     assert counts("sample", logits, n=500, temperature=temperature).tolist() == [0, 500, 0, 0]

@@ -170,7 +170,7 @@ def test_existing_path_is_returned(tmp_path):
 def test_bad_names_list_the_builtins(tmp_path, cache):
     with pytest.raises(DataError, match="is a folder"):
         resolve_corpus(tmp_path)
-    with pytest.raises(DataError, match=r"no such file or built-in dataset: .*missing\.txt.*timemachine, tinyshakespeare"):
+    with pytest.raises(DataError, match=r"built-in dataset: .*missing\.txt.*timemachine, tinyshakespeare"):
         resolve_corpus(tmp_path / "missing.txt")
     with pytest.raises(DataError, match=r"wikitext.*timemachine, tinyshakespeare"):
         resolve_corpus("wikitext")

@@ -15,6 +15,9 @@ Strategy = Callable[..., torch.Tensor]
 
 _STRATEGIES: dict[str, Strategy] = {}
 
+# Below this, logits / temperature can overflow float32 to inf; such a draw is greedy anyway.
+_MIN_TEMPERATURE = 1e-30
+
 # Probability mass lost to float32 rounding in a cumulative sum of V terms is far below this;
 # without the slack a nucleus that reaches p exactly could pick up one extra token.
 _TOP_P_SLACK = 1e-6
@@ -68,15 +71,14 @@ def validate_sampling(
 
 def _draw(logits: torch.Tensor, generator: torch.Generator | None, temperature: float) -> torch.Tensor:
     """Sample one id per row of softmax(logits / temperature); temperature 0 is argmax."""
-    if temperature == 0:
+    if temperature < _MIN_TEMPERATURE:
         return logits.argmax(-1)
     logits = logits.float()  # (B, V); half-precision softmax loses the tail
     if temperature != 1.0:
         logits = logits / temperature  # softmax subtracts the row max itself
+    # -inf logits get probability 0. A row with no finite logit gives NaNs, and argmax below
+    # then returns the first NaN's id instead of crashing as multinomial would.
     probs = torch.softmax(logits, -1)  # (B, V)
-    # NaNs come from a row of all -inf (-> uniform) or from +inf entries, e.g. logits / 1e-40
-    # overflowing (-> a draw among those, i.e. greedy); multinomial would crash on either.
-    probs = torch.nan_to_num(probs, nan=1.0)
     return _multinomial_one(probs, generator)
 
 
@@ -85,8 +87,8 @@ def _multinomial_one(probs: torch.Tensor, generator: torch.Generator | None) -> 
 
     multinomial's one-sample path is this exponential race, argmax(p / q) with q ~ Exp(1);
     calling it directly skips multinomial's validity checks (about 12 of its 17 us per call at
-    V = 28 on CPU, more than the draw), which nan_to_num makes redundant. Same generator state
-    in, same ids and generator state out (tests/test_sampling.py checks it).
+    V = 28 on CPU, more than the draw itself), which finite softmax output always passes. Same
+    generator state in, same ids and generator state out (tests/test_sampling.py checks it).
     """
     q = torch.empty_like(probs).exponential_(generator=generator)  # (B, V)
     return probs.div_(q).argmax(-1)  # (B,)

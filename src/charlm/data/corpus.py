@@ -140,7 +140,7 @@ def _encode(path, tmp, level, normalize, val_fraction, min_freq, errors, chunk_b
         raise DataError(f"{path} changed while it was being read; run again")
 
     train_hist = census.counts - val_hist
-    vocab = Vocab.build({t: int(c) for t, c in zip(tokens[1:], train_hist[1:]) if c}, level, min_freq)
+    vocab = Vocab.build({t: c for t, c in zip(tokens[1:], train_hist[1:].tolist()) if c}, level, min_freq)
     to_final = np.array([0] + [vocab.id_of(t) for t in tokens[1:]], dtype=vocab.dtype)
     if tmp and (vocab.dtype != census.dtype or not np.array_equal(to_final, np.arange(len(tokens)))):
         for split in ("train.bin", "val.bin"):
@@ -152,7 +152,7 @@ def _encode(path, tmp, level, normalize, val_fraction, min_freq, errors, chunk_b
         "tokens": n, "train_tokens": boundary, "val_tokens": n - boundary,
         "vocab_size": len(vocab), "distinct_tokens": len(tokens) - 1,
         "train_unknown": vocab.counts[0], "val_unknown": val_unknown,
-        "val_unknown_tokens": sorted(t for t, c, f in zip(tokens, val_hist, to_final) if c and not f)[:20],
+        "val_unknown_tokens": sorted(tokens[i] for i in np.flatnonzero((val_hist > 0) & (to_final == 0)))[:20],
         "ngrams_over": "all tokens" if skip is None else "words and punctuation (whitespace skipped)",
         "unigrams": _summary(np.flatnonzero(unigram_hist), unigram_hist[unigram_hist > 0], 1, tokens),
         "bigrams": by_order[2],
@@ -162,8 +162,8 @@ def _encode(path, tmp, level, normalize, val_fraction, min_freq, errors, chunk_b
     meta = {
         "format_version": FORMAT_VERSION, "charlm_version": __version__, "name": path.stem,
         "source": str(path.resolve()), "source_sha256": digest.hexdigest(), "source_bytes": total_bytes,
-        "level": level, "normalize": normalize, "errors": errors, "val_fraction": val_fraction,
-        "min_freq": min_freq, "dtype": vocab.dtype.name, "vocab_size": len(vocab),
+        "level": level, "normalize": normalize, "errors": errors, "val_fraction": float(val_fraction),
+        "min_freq": int(min_freq), "dtype": vocab.dtype.name, "vocab_size": len(vocab),
         "train_tokens": boundary, "val_tokens": n - boundary,
         "train_unknown": vocab.counts[0], "val_unknown": val_unknown,
     }
@@ -398,7 +398,7 @@ def _check_options(level, normalize, val_fraction, min_freq, errors) -> None:
             raise DataError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
     if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction <= 0.5:
         raise DataError(f"val_fraction must be between 0 and 0.5, got {val_fraction!r}")
-    if not isinstance(min_freq, int) or min_freq < 1:
+    if not isinstance(min_freq, (int, np.integer)) or min_freq < 1:
         raise DataError(f"min_freq must be a whole number of at least 1, got {min_freq!r}")
 
 
