@@ -45,7 +45,8 @@ class WindowMLP(nn.Module):
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """A window of padding ids (B, τ): nothing precedes the first token."""
-        return torch.full((batch_size, self.context), self.padding_id, dtype=torch.long, device=device)
+        shape = (batch_size, self.context)
+        return torch.full(shape, self.padding_id, dtype=torch.long, device=device)
 
     def forward(
         self, ids: torch.Tensor, state: torch.Tensor | None = None

@@ -1,4 +1,4 @@
-"""`ngram`: a counting model of order n with add-k or interpolated modified Kneser–Ney smoothing."""
+"""`ngram`: a counting model of order n, smoothed by add-k or interpolated modified Kneser–Ney."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ class NGramLM(nn.Module):
     def forward(
         self, ids: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (B, T) → log P(token after ids[:, t] = w) for every w (B, T, V), and the last n−1 tokens."""
+        """ids (B, T) → log P(next token = w | ids to t) (B, T, V) and the last n−1 tokens."""
         batch, steps = ids.shape
         if state is None:
             state = self.init_state(batch, ids.device)
@@ -153,49 +153,65 @@ class NGramLM(nn.Module):
         return log_probs, sequence[:, sequence.shape[1] - width :]
 
     def _probabilities(self, history: torch.Tensor, top_order: torch.Tensor) -> torch.Tensor:
-        V = self.vocab_size
-        words = torch.arange(V, device=history.device)
-        probs = torch.full((history.shape[0], V), 1.0 / V, dtype=torch.float64, device=history.device)
+        """P(w | history) for every w: (N, V) float64, from order 1 up to each top order."""
+        probs = torch.full(
+            (history.shape[0], self.vocab_size), 1.0 / self.vocab_size,
+            dtype=torch.float64, device=history.device,
+        )
         for n in range(1, self.order + 1):
             # add-k uses only the top order; KN builds every order up to it, lowest first.
-            rows = (top_order == n) if self.smoothing == "add_k" else (top_order >= n)
-            rows = rows.nonzero().squeeze(1)
-            if rows.numel() == 0:
+            mask = (top_order == n) if self.smoothing == "add_k" else (top_order >= n)
+            if not mask.any():
                 continue
+            # Past the first n−1 positions of a text every row takes part: skip the gather.
+            rows = slice(None) if mask.all() else mask.nonzero().squeeze(1)
             context = history[rows, history.shape[1] - (n - 1) :]  # (R, n−1)
-            powers = V ** torch.arange(n - 2, -1, -1, device=history.device)
-            context_key = (context * powers).sum(-1)  # (R,); 0 for the empty context
-            stats = _lookup(self._buffers[f"context_keys_{n}"], self._buffers[f"context_stats_{n}"], context_key)
-            query = context_key.unsqueeze(1) * V + words  # (R, V): every next token
-            keys = self._buffers[f"keys_{n}"]
-            raw = _lookup(keys, self._buffers[f"counts_{n}"], query)  # (R, V)
             if self.smoothing == "add_k":
-                total = stats[:, _RAW].unsqueeze(1).to(torch.float64)
-                probs[rows] = (raw.to(torch.float64) + self.k) / (total + self.k * V)
-                continue
-            use_raw = top_order[rows] == n  # (R,) the top order counts tokens, not contexts
-            if n < self.order:
-                cont = _lookup(keys, self._buffers[f"continuation_{n}"], query)
-                counts = torch.where(use_raw.unsqueeze(1), raw, cont)
-                stats = torch.where(use_raw.unsqueeze(1), stats[:, :4], stats[:, 4:])
-                d1, d2, d3 = torch.where(
-                    use_raw.unsqueeze(1), self.discounts[n - 1, 0], self.discounts[n - 1, 1]
-                ).unbind(1)  # (R,) each
+                probs[rows] = self._add_k(n, context)
             else:
-                counts, stats = raw, stats[:, :4]
-                d1, d2, d3 = (d.expand(len(rows)) for d in self.discounts[n - 1, 0])
-            total, n1, n2, n3 = stats.to(torch.float64).unbind(1)  # (R,) each
-            discount = torch.where(
-                counts >= 3, d3[:, None],
-                torch.where(counts == 2, d2[:, None], torch.where(counts == 1, d1[:, None], 0.0)),
-            )  # (R, V)
-            safe_total = total.clamp(min=1).unsqueeze(1)
-            backoff = ((d1 * n1 + d2 * n2 + d3 * n3).unsqueeze(1)) / safe_total  # (R, 1)
-            lower = probs[rows]  # (R, V) the order n−1 estimate
-            mixed = (counts.to(torch.float64) - discount).clamp(min=0) / safe_total + backoff * lower
-            # An unseen context carries no evidence: keep the lower order as it is.
-            probs[rows] = torch.where(total.unsqueeze(1) > 0, mixed, lower)
+                probs[rows] = self._kneser_ney(n, context, top_order[rows] == n, probs[rows])
         return probs
+
+    def _counts(
+        self, n: int, context: torch.Tensor, name: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per context (R, n−1): its stats (R, 8) and each next token's `name` count (R, V)."""
+        V = self.vocab_size
+        powers = V ** torch.arange(n - 2, -1, -1, device=context.device)
+        context_key = (context * powers).sum(-1)  # (R,); 0 for the empty context
+        buffers = self._buffers
+        stats = _lookup(buffers[f"context_keys_{n}"], buffers[f"context_stats_{n}"], context_key)
+        query = context_key.unsqueeze(1) * V + torch.arange(V, device=context.device)  # (R, V)
+        return stats, _lookup(buffers[f"keys_{n}"], buffers[f"{name}_{n}"], query)
+
+    def _add_k(self, n: int, context: torch.Tensor) -> torch.Tensor:
+        stats, counts = self._counts(n, context, "counts")
+        total = stats[:, _RAW, None].to(torch.float64)  # (R, 1)
+        return (counts.to(torch.float64) + self.k) / (total + self.k * self.vocab_size)
+
+    def _kneser_ney(
+        self, n: int, context: torch.Tensor, is_top: torch.Tensor, lower: torch.Tensor
+    ) -> torch.Tensor:
+        """Order-n interpolated KN (R, V) over the order n−1 estimate `lower` (R, V)."""
+        stats, counts = self._counts(n, context, "counts")
+        discounts = self.discounts[n - 1, 0].expand(len(context), 3)  # (R, 3) D1, D2, D3+
+        if n < self.order:
+            # Below the top order a context is scored by how many distinct tokens preceded
+            # each continuation (its continuation counts), not by how often it occurred.
+            _, continuation = self._counts(n, context, "continuation")
+            top = is_top.unsqueeze(1)
+            counts = torch.where(top, counts, continuation)
+            stats = torch.where(top, stats[:, _RAW : _RAW + 4], stats[:, _CONT : _CONT + 4])
+            discounts = torch.where(top, discounts, self.discounts[n - 1, 1])
+        total, n1, n2, n3 = stats[:, :4].to(torch.float64).unbind(1)  # (R,) each
+        by_count = torch.cat([discounts.new_zeros(len(context), 1), discounts], 1)  # (R, 4)
+        discount = by_count.gather(1, counts.clamp(max=3))  # (R, V): 0, D1, D2 or D3+
+        d1, d2, d3 = discounts.unbind(1)
+        safe_total = total.clamp(min=1).unsqueeze(1)  # (R, 1)
+        backoff = (d1 * n1 + d2 * n2 + d3 * n3).unsqueeze(1) / safe_total  # (R, 1)
+        mixed = (counts - discount).clamp(min=0) / safe_total + backoff * lower
+        # An unseen context carries no evidence: keep the lower order as it is.
+        return torch.where(total.unsqueeze(1) > 0, mixed, lower)
 
 
 def _lookup(sorted_keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -217,7 +233,9 @@ def _continuation_counts(keys: np.ndarray, longer_keys: np.ndarray, modulus: int
     return continuation
 
 
-def _context_stats(context_keys: np.ndarray, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _context_stats(
+    context_keys: np.ndarray, views: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Group the sorted n-grams by context; per view: total, N1, N2, N3+ → (C, 8)."""
     stats = np.zeros((0, 8), dtype=np.int64)
     if context_keys.size == 0:
