@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from charlm import __version__
@@ -31,6 +33,8 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
+    # User text (paths, keys) is shown as typed: no Rich markup, and always on one line.
+    message = escape(message.replace("\r", "\\r").replace("\n", "\\n"))
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -46,6 +50,12 @@ def friendly(command):
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except BrokenPipeError:  # `charlm generate | head -1`: the reader left, nothing to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
+        except OSError as exc:  # the machine's problem (disk full, permissions), not a bug: one line
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
 
     return wrapper
 
@@ -123,7 +133,10 @@ def train(
     with display:
         result = run_training(cfg, resume=resume is not None, force=force, init_from=init_from,
                               on_event=display.on_event)
-    display.summary(result)
+    from charlm.distributed import is_main_process
+
+    if is_main_process():
+        display.summary(result)
 
 
 @app.command(epilog="Example: charlm plot runs/rnn")
@@ -132,7 +145,7 @@ def plot(run: Path = typer.Argument(..., help="A run folder (holds metrics.jsonl
     """Redraw a run's curves.png: train and validation perplexity against step."""
     from charlm.plot import plot_run
 
-    out.print(f"wrote {plot_run(run)}")
+    out.print(f"wrote {escape(str(plot_run(run)))}", highlight=False)
 
 
 @app.command(epilog="Examples: charlm evaluate\n\ncharlm evaluate --checkpoint runs/lstm --data held_out.txt --json")
@@ -152,7 +165,7 @@ def evaluate(
         print(json.dumps(result.to_dict()))
         return
     unit = "char" if loaded.level == "char" else "token"
-    table = Table(title=f"{loaded.checkpoint['path']} on {data}", show_header=False, box=None)
+    table = Table(title=escape(f"{loaded.checkpoint['path']} on {data}"), show_header=False, box=None)
     for name, value in (("tokens scored", f"{result.tokens:,}"),
                         ("cross-entropy", f"{result.nats_per_token:.4f} nats/{unit}"),
                         ("", f"{result.bits_per_token:.4f} bits/{unit}"),
@@ -203,7 +216,7 @@ def generate(
     run = generate_from_checkpoint(checkpoint, on_prefix=show_prefix, on_token=on_token if streaming else None,
                                    **options)
     for warning in run.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for i, text in enumerate(run.result.continuations):
         if streaming:
             out.file.write("\n")
@@ -214,7 +227,7 @@ def generate(
         if run.novelty:
             length_found, found = run.novelty[i]
             err.print(f"[dim]novelty: longest substring also in the training text: {length_found} "
-                      f"characters ({found[:60]!r})[/]", highlight=False)
+                      f"characters ({escape(repr(found[:60]))})[/]", highlight=False)
     out.file.flush()
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from charlm.errors import ConfigError
+from charlm.errors import CharLMError, ConfigError
+
+# `charlm train --nproc` tells its workers where to leave their pids, so it can signal them directly.
+PID_DIR_ENV = "CHARLM_WORKER_PIDS"
 
 
 def local_rank() -> int:
@@ -18,6 +24,15 @@ def local_rank() -> int:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def is_main_process() -> bool:
+    """Rank 0, or not distributed: usable before `setup`, e.g. to keep other ranks' CLI quiet."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,6 +49,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available (use auto or cpu)")
     return device
+
+
+def state_batch_dims(model: torch.nn.Module):
+    """Which dim of each carried-state tensor is the batch: (L, B, H) → 1, (B, H) → 0, per leaf."""
+    def dims(one, two):
+        if isinstance(one, torch.Tensor):
+            return next(d for d in range(one.dim()) if one.shape[d] != two.shape[d])
+        return tuple(dims(a, b) for a, b in zip(one, two))
+
+    return dims(model.init_state(1, "cpu"), model.init_state(2, "cpu"))
 
 
 @dataclass
@@ -55,6 +80,29 @@ class Dist:
         if self.active:
             torch_dist.barrier()
 
+    def main_first(self, fn):
+        """`fn()` on rank 0, then on the others; rank 0's CharLMError is raised on every rank.
+
+        Without this, a mistake found only by rank 0 (the run folder exists, the corpus is bad)
+        leaves the others in a collective until torchrun kills them with a gloo traceback.
+        """
+        error, result = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except CharLMError as exc:
+                error = exc
+        if self.active:
+            box = [None if error is None else (str(error), error.exit_code)]
+            torch_dist.broadcast_object_list(box, src=0)
+            if box[0] is not None and not self.is_main:
+                failed = CharLMError(box[0][0])
+                failed.exit_code = box[0][1]
+                raise failed
+        if error is not None:
+            raise error
+        return result if self.is_main else fn()
+
     def device(self, name: str) -> torch.device:
         if name in ("auto", "cuda") and torch.cuda.is_available():
             device = torch.device("cuda", local_rank())
@@ -72,6 +120,11 @@ class Dist:
         device_ids = [local_rank()] if next(model.parameters()).is_cuda else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
+    def seed(self, seed: int) -> None:
+        """Give each rank its own torch RNG stream, so dropout masks differ between ranks' rows."""
+        if self.active:
+            torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:
             value = value.clone()
@@ -80,29 +133,67 @@ class Dist:
                 value /= self.world_size
         return value
 
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on every rank when it is true on any; every rank must call this together."""
+        if not self.active:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([float(f) for f in flags], device=self._collective_device())
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t.tolist())
+
     def any_stop(self, flag: bool) -> bool:
         """True on every rank when any rank was asked to stop, so all stop after the same step."""
-        if not self.active:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self._collective_device())
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-        return bool(t.item())
+        return self.agree(flag)[0]
 
     def evaluate(self, model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> float:
-        """Validation perplexity; each rank scores one contiguous share and the NLL sums are reduced."""
-        import math
+        """Validation perplexity; each rank scores one contiguous share and the NLL sums are reduced.
 
+        Shares overlap by one token so every target is scored exactly once, but each share starts
+        from a fresh state: with N ranks the score differs slightly from one pass (N - 1 cold starts).
+        """
         from charlm.evaluate import evaluate_ids
 
-        if not self.active:
+        if not self.active or len(ids) < 2 * self.world_size:
             return evaluate_ids(model, ids, device=device).perplexity
-        share = len(ids) // self.world_size
-        part = ids[self.rank * share:(self.rank + 1) * share + 1]  # +1: the next share's first token is a target
-        result = evaluate_ids(model, part, device=device)
+        share = (len(ids) - 1) // self.world_size
+        stop = len(ids) if self.rank == self.world_size - 1 else (self.rank + 1) * share + 1
+        result = evaluate_ids(model, ids[self.rank * share:stop], device=device)
         totals = torch.tensor([result.nats_per_token * result.tokens, float(result.tokens)], dtype=torch.float64,
                               device=self._collective_device())
         torch_dist.all_reduce(totals)
-        return math.exp(totals[0].item() / totals[1].item())
+        try:
+            return math.exp(totals[0].item() / totals[1].item())
+        except OverflowError:
+            return math.inf
+
+    def gather_state(self, state, dims):
+        """Every rank's carried-state rows, in rank order: the state of the whole global batch."""
+        if not self.active or state is None:
+            return state
+        if isinstance(state, torch.Tensor):
+            state = state.to(self._collective_device()).contiguous()
+            parts = [torch.empty_like(state) for _ in range(self.world_size)]
+            torch_dist.all_gather(parts, state)
+            return torch.cat(parts, dim=dims)
+        return tuple(self.gather_state(s, d) for s, d in zip(state, dims))
+
+    def shard_state(self, state, dims):
+        """This rank's rows of a global-batch state (the inverse of `gather_state`)."""
+        if not self.active or state is None:
+            return state
+        if isinstance(state, torch.Tensor):
+            return state.chunk(self.world_size, dim=dims)[self.rank].clone()
+        return tuple(self.shard_state(s, d) for s, d in zip(state, dims))
+
+    def gather_rng(self) -> list[torch.Tensor]:
+        """Every rank's CPU torch RNG state, so a resume with the same world size is exact."""
+        rng = torch.get_rng_state()
+        if not self.active:
+            return [rng]
+        local = rng.to(self._collective_device())
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, local)
+        return [p.cpu() for p in parts]
 
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", local_rank()) if torch_dist.get_backend() == "nccl" else torch.device("cpu")
@@ -112,20 +203,43 @@ class Dist:
             torch_dist.destroy_process_group()
 
 
-def setup() -> Dist:
+def _set_threads() -> None:
+    # torchrun exports OMP_NUM_THREADS=1 when it is unset, which idles most cores on a big
+    # machine; any other value is the user's choice and is kept.
+    if os.environ.get("OMP_NUM_THREADS", "1") == "1":
+        torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def setup(device: str = "auto") -> Dist:
     """Join the torchrun job if there is one: nccl on CUDA, gloo on CPU."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist()
     if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend=backend)
-    return Dist(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size())
+        _set_threads()
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            # Binding the GPU before init keeps NCCL barriers off GPU 0 on every rank.
+            gpu = torch.device("cuda", local_rank())
+            torch.cuda.set_device(gpu)
+            torch_dist.init_process_group(backend="nccl", device_id=gpu)
+        else:
+            torch_dist.init_process_group(backend="gloo")
+    dist = Dist(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size())
+    if os.environ.get(PID_DIR_ENV):
+        pid_file = Path(os.environ[PID_DIR_ENV]) / str(dist.rank)
+        pid_file.with_suffix(".tmp").write_text(str(os.getpid()), encoding="utf-8")
+        pid_file.with_suffix(".tmp").replace(pid_file)  # the launcher never reads half a pid
+    return dist
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """`charlm train --nproc N ...` is `torchrun --standalone --nproc_per_node N -m charlm train ...`."""
+    """`charlm train --nproc N ...` is `torchrun --standalone --nproc_per_node N -m charlm train ...`.
+
+    Ctrl-C or SIGTERM here goes to the workers themselves: they finish the step, save and exit 0,
+    so torchrun exits 0 too (signalling torchrun makes it exit 1 whatever the workers did).
+    """
     import subprocess
     import sys
+    import tempfile
 
     args, skip = [], False
     for arg in argv:
@@ -137,4 +251,23 @@ def launch(nproc: int, argv: list[str]) -> int:
             args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "charlm", *args]
-    return subprocess.call(command)
+    env = {"OMP_NUM_THREADS": str(max(1, available_cores() // nproc)), **os.environ}
+    with tempfile.TemporaryDirectory(prefix="charlm-workers-") as pid_dir:
+        env[PID_DIR_ENV] = pid_dir
+        # A session of its own keeps the terminal's Ctrl-C away from torchrun; we forward it.
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+
+        def forward(signum, frame):
+            pids = [int(p.read_text()) for p in Path(pid_dir).iterdir() if not p.suffix] or [child.pid]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return child.wait()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm import __version__, distributed
-from charlm.distributed import resolve_device
+from charlm.distributed import resolve_device, state_batch_dims
 from charlm.checkpoint import load_checkpoint, record_latest_run, save_checkpoint
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.batches import make_sampler
@@ -138,19 +138,26 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
           init_from: str | Path | None = None, on_event: Event | None = None,
           handle_signals: bool = True) -> TrainResult:
     """Train `cfg` into `run_dir` (default runs/<config name>); see the README for the files it writes."""
-    emit = on_event or (lambda kind, info: None)
+    dist = distributed.setup(cfg.train.device)
+    try:
+        return _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signals)
+    finally:
+        dist.close()
+
+
+def _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signals) -> TrainResult:
+    # Only rank 0 reports: the other ranks' events would repeat its numbers.
+    emit = (on_event if dist.is_main else None) or (lambda kind, info: None)
     run_dir = Path(run_dir or cfg.train.out or Path("runs") / cfg.name)
-    dist = distributed.setup()
     payload = None
     if resume:
         _prepare_run_dir(run_dir, resume=True, force=False)
         payload = load_checkpoint(run_dir / "last.pt")
         cfg = _resume_config(cfg, payload)
-    elif dist.is_main:
-        _prepare_run_dir(run_dir, resume=False, force=force)
-    dist.barrier()
-
-    corpus: PreparedCorpus = prepare_for_training(cfg.data, main_process=dist.is_main, barrier=dist.barrier)
+    else:
+        dist.main_first(lambda: _prepare_run_dir(run_dir, resume=False, force=force) if dist.is_main else None)
+    # Rank 0 preprocesses if needed; the others then load what it wrote.
+    corpus: PreparedCorpus = dist.main_first(lambda: prepare_for_training(cfg.data))
     vocab = corpus.vocab
     device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -162,6 +169,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
                               f"differs from the config's ({cfg.model.name}, {model_args})")
         model.load_state_dict(start["model"])
     model.to(device)
+    dist.seed(cfg.train.seed)
     if dist.is_main:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         vocab.save(run_dir / "vocab.json")
@@ -169,7 +177,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
     base = {"model_name": cfg.model.name, "model_args": model_args, "vocab": vocab.to_dict(),
             "charlm_version": __version__, "data_dir": str(Path(corpus.folder).resolve())}
     if not getattr(model, "trainable", True):
-        return _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit)
+        return _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit, dist.is_main)
 
     ctx = Trainer(cfg, model, corpus, run_dir, device, dist, base, emit)
     if payload is not None:
@@ -179,23 +187,24 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
         return ctx.run(stop_requested)
 
 
-def _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit) -> TrainResult:
+def _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit, main=True) -> TrainResult:
     started = time.perf_counter()
     emit("start", {"run_dir": str(run_dir), "total_steps": 0, "device": str(device), "parameters": 0,
                    "model": cfg.model.name, "vocab_size": len(corpus.vocab)})
     model.fit(np.asarray(corpus.train))
     elapsed = time.perf_counter() - started
     val = evaluate_ids(model, corpus.val, device=device).perplexity if len(corpus.val) > 1 else None
+    result = TrainResult(run_dir, "finished", 0, val, val, elapsed, len(corpus.train) / max(elapsed, 1e-9))
+    if not main:  # every rank counts (cheap, identical); one writes
+        return result
     payload = {**base, "model": model.state_dict(), "config": cfg.to_dict(), "step": 0, "epoch": 0,
                "best_val": val, "elapsed": elapsed, "finished": True}
     save_checkpoint(run_dir / "last.pt", payload)
     save_checkpoint(run_dir / "best.pt", payload)
-    row = {"step": 0, "epoch": 0, "val_perplexity": val, "elapsed": elapsed,
-           "tokens_per_s": len(corpus.train) / max(elapsed, 1e-9)}
+    row = {"step": 0, "epoch": 0, "val_perplexity": val, "elapsed": elapsed, "tokens_per_s": result.tokens_per_s}
     (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     emit("eval", row)
     record_latest_run(run_dir)
-    result = TrainResult(run_dir, "finished", 0, val, val, elapsed, row["tokens_per_s"])
     emit("end", {"result": result})
     return result
 
@@ -218,6 +227,7 @@ class Trainer:
         self.elapsed = 0.0
         self.best_val: float | None = None
         self.state = None  # carried across batches by the sequential sampler
+        self.state_dims = state_batch_dims(model) if self.sampler.carries_state else None
 
     def total_steps(self) -> int | None:
         t = self.cfg.train
@@ -229,37 +239,45 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step, self.epoch, self.batch = payload["step"], payload["epoch"], payload["batch"]
         self.elapsed, self.best_val = payload["elapsed"], payload["best_val"]
-        torch.set_rng_state(payload["rng"])
-        state = payload.get("carried_state")
+        rngs = payload.get("rng_ranks")
+        torch.set_rng_state(rngs[self.dist.rank] if rngs and len(rngs) == self.dist.world_size else payload["rng"])
+        if self.dist.active and not (rngs and len(rngs) == self.dist.world_size):
+            self.dist.seed(self.cfg.train.seed + self.step)  # another world size: fresh, distinct streams
+        # The checkpoint holds the global batch's state, so any world size can take its rows.
+        state = self.dist.shard_state(payload.get("carried_state"), self.state_dims)
         self.state = _to_device(state, self.device) if state is not None else None
 
     def checkpoint(self, finished: bool = False) -> dict[str, Any]:
-        state = self.state if self.dist.world_size == 1 else None
+        """Collective in a distributed run: every rank calls it, rank 0 writes the result."""
+        state = self.dist.gather_state(self.state, self.state_dims)  # rows in rank order = the global batch
+        rngs = self.dist.gather_rng()
+        extra = {"rng_ranks": rngs} if self.dist.active else {}
         return {**self.base, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
-                "elapsed": self.elapsed, "best_val": self.best_val, "rng": torch.get_rng_state(),
+                "elapsed": self.elapsed, "best_val": self.best_val, "rng": rngs[0], **extra,
                 "carried_state": _to_device(state, "cpu") if state is not None else None, "finished": finished}
 
     def save(self, val: float | None, finished: bool = False) -> None:
+        payload = self.checkpoint(finished)
         if not self.dist.is_main:
             return
-        payload = self.checkpoint(finished)
         save_checkpoint(self.run_dir / "last.pt", payload)
         if val is not None and val <= (self.best_val or math.inf):
             save_checkpoint(self.run_dir / "best.pt", payload)
 
-    def validate(self, full: bool) -> float | None:
+    def validate(self) -> float | None:
+        # eval_tokens caps the final evaluation too: best.pt is then chosen among comparable
+        # numbers, and a 100 MB validation split cannot stall the end of a run. `charlm evaluate`
+        # scores the whole split.
         val_ids = self.corpus.val
+        if self.cfg.train.eval_tokens:
+            val_ids = val_ids[:self.cfg.train.eval_tokens]
         if len(val_ids) < 2:
             return None
-        cap = self.cfg.train.eval_tokens
-        if cap and not full:
-            val_ids = val_ids[:cap]
         return self.dist.evaluate(self.model, val_ids, self.device)
 
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(xb.astype(np.int64)).to(self.device, non_blocking=True)
-        y = torch.from_numpy(yb.astype(np.int64)).to(self.device, non_blocking=True)
+        x, y = self._upload(xb), self._upload(yb)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         state = self.state if self.sampler.carries_state else None
@@ -275,6 +293,13 @@ class Trainer:
         if self.sampler.carries_state:
             self.state = detach_state(state)
         return loss.detach(), grad_norm.detach()
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(array.astype(np.int64))
+        if self.device.type == "cuda":
+            # From pageable memory the copy is synchronous; pinned, it overlaps the running step.
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
 
     def draw_curves(self) -> None:
         from charlm.plot import MATPLOTLIB_HINT, have_matplotlib, plot_run
@@ -301,7 +326,9 @@ class Trainer:
         clock = time.perf_counter()
         metrics = self.run_dir / "metrics.jsonl"
         batches = self.sampler.epoch(self.epoch, self.batch)
-        while (total is None or self.step < total) and (t.max_time is None or self.elapsed < t.max_time):
+        # Only `stopping` ends the loop once it runs: ranks' clocks differ, so max_time must be agreed.
+        more = (total is None or self.step < total) and (t.max_time is None or self.elapsed < t.max_time)
+        while more:
             xb, yb = next(batches)
             lr = cfg.optim.lr * lr_factor(self.step, cfg, total)
             loss, grad_norm = self.train_step(xb, yb, lr)
@@ -317,8 +344,16 @@ class Trainer:
             now = time.perf_counter()
             self.elapsed += now - clock
             clock = now
-            last = (total is not None and self.step >= total) or (t.max_time is not None and self.elapsed >= t.max_time)
-            stopping = last or stop_requested.is_set() or self.dist.any_stop(stop_requested.is_set())
+            at_total = total is not None and self.step >= total
+            last = at_total or (t.max_time is not None and self.elapsed >= t.max_time)
+            stopping = last or stop_requested.is_set()
+            if self.dist.active:
+                # Ranks must stop after the same step. Agreeing is a collective and a host sync, so
+                # they compare notes only on logging steps and the last one (the same on every rank).
+                if self.step % t.log_every == 0 or at_total:
+                    last, stopping = self.dist.agree(last, stopping)
+                else:
+                    last = stopping = False
             evaluate_now = self.step % t.eval_every == 0 or stopping
             if self.step % t.log_every == 0 or evaluate_now:
                 mean_loss = self.dist.mean(window_loss / window_steps).item()  # the one host sync
@@ -332,7 +367,7 @@ class Trainer:
                        "tokens_per_s": window_steps * tokens_per_step / max(now - window_start, 1e-9),
                        "elapsed": self.elapsed}
                 if evaluate_now:
-                    val = self.validate(full=stopping)
+                    val = self.validate()
                     row["val_perplexity"] = val
                     self.save(val, finished=last)
                     if val is not None and val <= (self.best_val or math.inf):

@@ -91,10 +91,14 @@ class RandomSampler(BatchSampler):
     def epoch(self, epoch, start=0):
         rng = self._rng(epoch)
         offset = int(rng.integers(0, self.num_steps))
-        order = offset + rng.permutation(self._subsequences()) * self.num_steps  # start of each subsequence
+        count = self._subsequences()
+        # Shuffle int32 in place: an int64 permutation would be 8 bytes per subsequence per epoch.
+        order = np.arange(count, dtype=np.int32 if count < 2**31 else np.int64)
+        rng.shuffle(order)
         steps = np.arange(self.num_steps)
         for b in range(start, self.batches_per_epoch()):
-            starts = order[b * self.batch_size:(b + 1) * self.batch_size][self.local_rows]
+            starts = offset + order[b * self.batch_size:(b + 1) * self.batch_size][self.local_rows].astype(np.int64) \
+                * self.num_steps
             index = starts[:, None] + steps  # (local_batch, num_steps)
             yield self.ids[index], self.ids[index + 1]
 

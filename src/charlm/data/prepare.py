@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
-from charlm.data.corpus import PreparedCorpus, is_prepared, load_corpus, preprocess
+from charlm.data.corpus import PreparedCorpus, folder_name, is_prepared, load_corpus, preprocess
 from charlm.data.text import BUILTIN_DATASETS
 from charlm.errors import DataError
 
@@ -17,13 +16,12 @@ def _matches(folder: Path, data_cfg) -> bool:
 
 def candidate_dirs(data_cfg, root: Path = Path("data")) -> list[Path]:
     """`data/<name>` as `charlm preprocess` writes it, then a name that records the settings."""
-    name = data_cfg.corpus if data_cfg.corpus in BUILTIN_DATASETS else Path(data_cfg.corpus).stem
+    name = data_cfg.corpus if data_cfg.corpus in BUILTIN_DATASETS else folder_name(data_cfg.corpus)
     tagged = f"{name}-{data_cfg.level}-{data_cfg.normalize}-v{data_cfg.val_fraction:g}-m{data_cfg.min_freq}"
     return [root / name, root / tagged]
 
 
-def prepare_for_training(data_cfg, main_process: bool = True,
-                         barrier: Callable[[], None] = lambda: None) -> PreparedCorpus:
+def prepare_for_training(data_cfg) -> PreparedCorpus:
     """A preprocessed folder is used as is; a text file or dataset name is preprocessed once and reused."""
     source = Path(data_cfg.corpus)
     if source.is_dir():
@@ -43,8 +41,5 @@ def prepare_for_training(data_cfg, main_process: bool = True,
     if free is None:
         raise DataError(f"data folders {', '.join(map(str, candidate_dirs(data_cfg)))} exist with other settings; "
                         "remove one or point data.corpus at a preprocessed folder")
-    if main_process:
-        preprocess(data_cfg.corpus, free, level=data_cfg.level, normalize=data_cfg.normalize,
-                   val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq)
-    barrier()
-    return load_corpus(free)
+    return preprocess(data_cfg.corpus, free, level=data_cfg.level, normalize=data_cfg.normalize,
+                      val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq)

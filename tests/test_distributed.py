@@ -1,0 +1,157 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from charlm import distributed
+from charlm.checkpoint import load_checkpoint
+from charlm.config import build_config, dump_yaml
+from charlm.distributed import Dist, state_batch_dims
+from charlm.errors import DataError
+from charlm.inference import evaluate_checkpoint, generate_from_checkpoint
+from charlm.models import build_model
+from charlm.train import train
+
+RAW = {"data": {"corpus": "corpus.txt", "normalize": "letters", "sampling": "sequential", "batch_size": 4,
+                "num_steps": 12},
+       "model": {"name": "lstm", "hidden_size": 24, "embedding_dim": 8, "dropout": 0.0},
+       "optim": {"lr": 0.01},
+       "train": {"max_steps": 8, "eval_every": 4, "log_every": 1, "eval_tokens": 400, "device": "cpu"}}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_data):
+    monkeypatch.chdir(tmp_path)
+    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:30000]
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "tiny.yaml").write_text(dump_yaml(build_config(RAW)), encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """The reference runs in this process with one thread, like each worker on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def charlm_train(cwd, *args, nproc_flag=False, timeout=90):
+    """`charlm train` under torchrun with 2 CPU processes, in a subprocess; returns (rc, stdout, stderr)."""
+    env = {**os.environ, "CHARLM_DATA_HOME": str(cwd), "PYTHONUNBUFFERED": "1"}
+    launcher = ["-m", "charlm", "train", "--nproc", "2"] if nproc_flag else \
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charlm", "train"]
+    done = subprocess.run([sys.executable, *launcher, "--config", "tiny.yaml", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_two_processes_train_like_one_and_resume_anywhere(workdir, one_thread):
+    one = train(build_config(RAW, name="tiny"), run_dir="one", handle_signals=False)
+    assert one.step == 8
+
+    rc, out, err = charlm_train(workdir, "--set", "train.out=two", "--set", "train.max_steps=4")
+    assert rc == 0, err
+    assert out.count("training lstm") == 1  # only rank 0 reports
+    shutil.copytree(workdir / "two", workdir / "two_single")
+    rc, out, err = charlm_train(workdir, "--resume", "two", "--set", "train.max_steps=8")
+    assert rc == 0, err
+
+    # The global batch of 4 is split 2 + 2 and DDP averages gradients: the same curve as one process,
+    # and the carried LSTM state of all 4 rows survived the distributed resume.
+    expected, got = rows(workdir / "one"), rows(workdir / "two")
+    assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone writes, no step twice
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
+    # Validation is split across ranks; each share starts from a fresh state, hence the looser match.
+    val = [(a["val_perplexity"], b["val_perplexity"]) for a, b in zip(expected, got) if "val_perplexity" in a]
+    assert len(val) == 2 and all(b == pytest.approx(a, rel=1e-2) for a, b in val)
+
+    payload = load_checkpoint(workdir / "two" / "last.pt")
+    assert payload["finished"] and payload["step"] == 8 and len(payload["rng_ranks"]) == 2
+    assert [tuple(s.shape) for s in payload["carried_state"]] == [(1, 4, 24)] * 2  # the global batch's rows
+    result, _ = evaluate_checkpoint(workdir / "two", device="cpu")
+    assert 1 < result.perplexity < 28
+    assert len(generate_from_checkpoint(workdir / "two", prefix="the", length=5, seed=0).result.continuations[0]) == 5
+
+    # One process resumes the two-process checkpoint with the same global batch and stays on the curve.
+    train(build_config(RAW, name="tiny"), run_dir="two_single", resume=True, handle_signals=False)
+    assert [r["loss"] for r in rows(workdir / "two_single")] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
+
+
+def test_sigterm_stops_every_rank_after_a_step_and_saves(workdir):
+    env = {**os.environ, "CHARLM_DATA_HOME": str(workdir)}
+    command = [sys.executable, "-m", "charlm", "train", "--nproc", "2", "--config", "tiny.yaml", "--set",
+               "train.out=sig", "--set", "train.max_steps=1000000", "--set", "train.log_every=5", "-q"]
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "sig" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.is_file() and metrics.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    summary = json.loads((workdir / "sig" / "summary.json").read_text())
+    payload = load_checkpoint(workdir / "sig" / "last.pt")
+    assert summary["status"] == "interrupted" and not payload["finished"]
+    assert payload["step"] == summary["step"] == rows(workdir / "sig")[-1]["step"]
+    assert payload["step"] % 5 == 0  # ranks agree to stop on logging steps
+    assert not [p for p in (workdir / "sig").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_error_on_rank_zero_stops_every_rank_with_its_message(workdir):
+    (workdir / "taken").mkdir()
+    (workdir / "taken" / "notes.txt").write_text("mine")
+    rc, out, err = charlm_train(workdir, "--set", "train.out=taken", timeout=60)
+    assert rc != 0
+    # rank 1 gets rank 0's message instead of a broken-connection traceback
+    assert err.count("run folder taken already exists") == 2 and "Connection closed" not in err
+
+
+@pytest.mark.parametrize("name, dims", [("rnn", 1), ("lstm", (1, 1)), ("rnn_scratch", 0), ("mlp", 0)])
+def test_state_batch_dims(name, dims):
+    model, _ = build_model(name, 10, hidden_size=8)
+    assert state_batch_dims(model) == dims
+
+
+def test_a_single_process_is_the_world_size_one_case():
+    dist = Dist()
+    state = (torch.zeros(1, 4, 3), torch.ones(1, 4, 3))
+    assert dist.gather_state(state, (1, 1)) is state and dist.shard_state(state, (1, 1)) is state
+    assert dist.agree(True, False) == (True, False) and dist.any_stop(False) is False
+    assert len(dist.gather_rng()) == 1
+    assert dist.main_first(lambda: 7) == 7
+    with pytest.raises(DataError, match="bad corpus"):
+        dist.main_first(lambda: (_ for _ in ()).throw(DataError("bad corpus")))
+    assert not dist.active and distributed.setup() == Dist()  # no torchrun environment
+
+
+def test_launch_runs_torchrun_without_our_flag(monkeypatch):
+    seen = {}
+
+    class FakeTorchrun:
+        def __init__(self, command, env, start_new_session):
+            seen.update(command=command, env=env, new_session=start_new_session)
+
+        def wait(self):
+            return 3
+
+    monkeypatch.setattr(subprocess, "Popen", FakeTorchrun)
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert distributed.launch(2, ["train", "--nproc", "2", "--config", "c.yaml", "--nproc=2"]) == 3
+    assert seen["command"][1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                   "-m", "charlm", "train", "--config", "c.yaml"]
+    assert seen["new_session"] and int(seen["env"]["OMP_NUM_THREADS"]) >= 1
+    assert signal.getsignal(signal.SIGTERM) is before  # our forwarder is gone again
+
