@@ -97,6 +97,8 @@ class RecurrentLM(nn.Module):
         self, ids: torch.Tensor, state: RecurrentState
     ) -> tuple[torch.Tensor, RecurrentState]:
         """ids (B, 1) → logits (B, 1, V), one cell step per layer."""
+        if torch.is_inference_mode_enabled():
+            return self._inference_step(ids, state)
         decoder = self.decoder
         if self.embedding is None:
             # scatter_ rather than F.one_hot, whose range checks cost as much as the step.
@@ -114,6 +116,52 @@ class RecurrentLM(nn.Module):
             new_states.append(layer_state)
         logits = F.linear(x, decoder.weight, decoder.bias)  # (B, V)
         return logits.unsqueeze(1), self._stack_states(new_states)
+
+    # Under inference_mode (generation) the first layer's input projection W_ih·x + b is read
+    # from a precomputed (V, G) table, and the recurrent and output weights are kept transposed
+    # so each product is one addmm on contiguous memory. Batch 1, H=512, one thread: RNN
+    # 45k chars/s against 15-22k for the cell-function step above. The tables are rebuilt
+    # whenever a parameter changes (an optimizer step or load_state_dict bumps its version).
+
+    def _step_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cached = self.__dict__.get("_tables")
+        if cached is not None:
+            key, params, tables = cached
+            if key == [p._version for p in params] + [params[0].data_ptr()]:
+                return tables
+        params = list(self.parameters())
+        w_ih, w_hh, b_ih, b_hh = self.rnn._flat_weights[:4]
+        inputs = w_ih.t() if self.embedding is None else self.embedding.weight @ w_ih.t()  # (V, G)
+        tables = (
+            (inputs + self._input_bias(b_ih, b_hh)).contiguous(),
+            w_hh.t().contiguous(),  # (H, G)
+            self.decoder.weight.t().contiguous(),  # (H, V)
+            self._hidden_bias(b_hh),
+        )
+        self.__dict__["_tables"] = ([p._version for p in params] + [params[0].data_ptr()], params, tables)
+        return tables
+
+    def _input_bias(self, b_ih: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+        return b_ih + b_hh  # the tanh RNN and the LSTM add both biases before the nonlinearity
+
+    def _hidden_bias(self, b_hh: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def _inference_step(self, ids, state):
+        table, w_hh_t, decoder_t, hidden_bias = self._step_tables()
+        projected = table[ids[:, 0]]  # (B, G)
+        x, first = self._projected_cell(projected, self._layer_state(state, 0), w_hh_t, hidden_bias)
+        new_states = [first]
+        weights = self.rnn._flat_weights
+        for layer in range(1, self.num_layers):
+            x, layer_state = self._cell(x, self._layer_state(state, layer), weights[4 * layer : 4 * layer + 4])
+            new_states.append(layer_state)
+        logits = torch.addmm(self.decoder.bias, x, decoder_t)  # (B, V)
+        return logits.unsqueeze(1), self._stack_states(new_states)
+
+    def _projected_cell(self, projected, h, w_hh_t, hidden_bias):
+        h = torch.tanh(torch.addmm(projected, h, w_hh_t))  # (B, H)
+        return h, h
 
     def _layer_state(self, state: RecurrentState, layer: int) -> torch.Tensor:
         return state[layer]  # (B, H)
@@ -151,6 +199,22 @@ class GRULM(RecurrentLM):
         h = torch.gru_cell(x, h, *weights)  # (B, H)
         return h, h
 
+    def _input_bias(self, b_ih, b_hh):
+        return b_ih  # the new-gate term multiplies (W_hn h + b_hn) by r, so b_hh stays apart
+
+    def _hidden_bias(self, b_hh):
+        return b_hh
+
+    def _projected_cell(self, projected, h, w_hh_t, hidden_bias):
+        hidden = torch.addmm(hidden_bias, h, w_hh_t)  # (B, 3H)
+        x_r, x_z, x_n = projected.chunk(3, 1)
+        h_r, h_z, h_n = hidden.chunk(3, 1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)
+        h = n + z * (h - n)  # (1 - z) n + z h
+        return h, h
+
 
 @register_model("lstm")
 class LSTMLM(RecurrentLM):
@@ -171,6 +235,13 @@ class LSTMLM(RecurrentLM):
 
     def _cell(self, x, hc, weights):
         h, c = torch.lstm_cell(x, hc, *weights)  # (B, H) each
+        return h, (h, c)
+
+    def _projected_cell(self, projected, hc, w_hh_t, hidden_bias):
+        h, c = hc
+        i, f, g, o = torch.addmm(projected, h, w_hh_t).chunk(4, 1)  # (B, H) each
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
 
