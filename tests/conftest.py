@@ -1,6 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
+
+# The test models are tiny: one thread per process is faster than two and, on a busy 2-core
+# machine, far steadier (OpenMP threads spin-wait on each other). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

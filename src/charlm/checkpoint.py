@@ -17,6 +17,7 @@ from charlm.errors import CharLMError, CheckpointError
 
 FORMAT_VERSION = 1
 LATEST_POINTER = Path("runs") / "LATEST"
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -30,6 +31,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
@@ -41,10 +44,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def checkpoint_file(path: str | Path | None) -> Path:
     """A checkpoint file, a run folder (best.pt, else last.pt) or None for the most recent run."""
     if path is None:
-        if not LATEST_POINTER.is_file():
-            raise CheckpointError("no checkpoint given and no recent run found; "
+        try:
+            path = LATEST_POINTER.read_text(encoding="utf-8").strip() if LATEST_POINTER.is_file() else ""
+        except (OSError, UnicodeDecodeError):
+            path = ""
+        if not path or "\0" in path:
+            raise CheckpointError(f"no checkpoint given and no recent run found (in {LATEST_POINTER}); "
                                   "train one with `charlm train` or pass --checkpoint PATH")
-        path = LATEST_POINTER.read_text(encoding="utf-8").strip()
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -59,6 +65,15 @@ def checkpoint_file(path: str | Path | None) -> Path:
 def load_checkpoint(path: str | Path | None) -> dict[str, Any]:
     """Load with `weights_only=True`, so a crafted file can never run code."""
     path = checkpoint_file(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise CheckpointError(f"{path} is corrupt or truncated (empty file)")
+    if head != _ZIP_MAGIC:  # torch.save writes a zip archive; anything else was never a checkpoint
+        raise CheckpointError(f"{path} is not a charlm checkpoint (not a file written by torch.save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -117,6 +117,8 @@ def train(
 
     if resume is not None and init_from is not None:
         raise CharLMError("--resume and --init-from exclude each other")
+    if nproc < 1:
+        raise CharLMError(f"--nproc must be at least 1, got {nproc}")
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
     cfg = load_config(config, overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class TrainConfig:
     eval_every: int = field(default=200, metadata=_range(1))
     eval_tokens: int | None = field(default=None, metadata=_range(1))
     log_every: int = field(default=10, metadata=_range(1))
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, 2**63 - 1))  # torch.manual_seed takes 64 bits
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
     amp: bool = True
@@ -117,6 +118,11 @@ def _closest(name: str, options: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def _quote(name: Any) -> str:
+    """A user's key in quotes, on one line whatever it holds."""
+    return repr(str(name))
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -127,12 +133,19 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
-    """Check `value` against the field type `tp`; strings from --set are parsed as YAML first."""
+    """Check `value` against the field type `tp`; strings from --set are parsed as YAML first,
+    except for text fields, which take the text as typed (YAML would make "yes" True, " the" "the")."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    if from_text and isinstance(value, str) and (base is str or typing.get_origin(base) is Literal):
+        if optional and value.strip() in ("null", "~", "Null", "NULL"):
+            return None
+        return _coerce(key, value.strip() if base is not str else value, base, meta, False)
     if from_text and isinstance(value, str):
         try:
             value = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            pass
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
+            pass  # not YAML (e.g. "2024-13-45", a date with no 13th month): keep the text as is
     hints = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None:
@@ -158,7 +171,12 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
     }[tp]
     if not ok:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    value = tp(value)
+    try:
+        value = tp(value)
+    except OverflowError:  # float(10**400)
+        raise ConfigError(f"{key}: {str(value)[:20]}... is too large for {_type_name(tp)}") from None
+    if tp is float and value in (math.inf, -math.inf):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     if tp in (int, float) and meta:
         lo, hi = meta["lo"], meta["hi"]
         if value != value or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) or (
@@ -184,7 +202,7 @@ def build_config(raw: Any, overrides: list[str] | None = None, name: str = "run"
     sections: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}'{_closest(str(section), list(SECTIONS))}")
+            raise ConfigError(f"unknown config section {_quote(section)}{_closest(str(section), list(SECTIONS))}")
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -196,7 +214,7 @@ def build_config(raw: Any, overrides: list[str] | None = None, name: str = "run"
         if not sep or not dot or not leaf:
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config key '{key.strip()}'{_closest(key.strip(), valid_keys())}")
+            raise ConfigError(f"unknown config key {_quote(key.strip())}{_closest(key.strip(), valid_keys())}")
         sections.setdefault(section, {})[leaf] = (value, True)
     built = {}
     for section, cls in SECTIONS.items():
@@ -206,7 +224,7 @@ def build_config(raw: Any, overrides: list[str] | None = None, name: str = "run"
         for leaf, (value, from_text) in sections.get(section, {}).items():
             key = f"{section}.{leaf}"
             if leaf not in fields:
-                raise ConfigError(f"unknown config key '{key}'{_closest(key, valid_keys())}")
+                raise ConfigError(f"unknown config key {_quote(key)}{_closest(key, valid_keys())}")
             kwargs[leaf] = _coerce(key, value, hints[leaf], dict(fields[leaf].metadata), from_text)
         built[section] = cls(**kwargs)
     return RunConfig(**built, name=name)
@@ -223,11 +241,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # a constructor refused a value, e.g. the date 2024-13-45
+        raise ConfigError(f"{path}: invalid YAML: {(str(exc) or repr(exc)).splitlines()[0]}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
+    if path.stem in (".", ".."):  # the run folder would be runs/.., the working folder itself
+        raise ConfigError(f"{path}: a config's file name names its run (runs/<name>); rename the file")
     return build_config(raw, overrides, name=path.stem)
 
 

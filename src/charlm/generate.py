@@ -108,6 +108,8 @@ def generate(
         raise ConfigError(f"length must be >= 0, got {length}")
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
+        raise ConfigError(f"seed must fit in 64 bits, got {seed}")
 
     text = normalize_text(prefix, normalize)
     prefix_ids, mapped = _encode_prefix(vocab, text, unknown)
@@ -119,7 +121,11 @@ def generate(
     B, P = num_samples, len(prefix_ids)
     # One id buffer for prefix + output: no per-step allocation, and stop matching can look back
     # into the prefix with one slice.
-    buf = torch.empty((B, P + length), dtype=torch.long, device=device)
+    try:
+        buf = torch.empty((B, P + length), dtype=torch.long, device=device)
+    except (RuntimeError, TypeError, ValueError, MemoryError):  # too large to allocate, or to index
+        raise ConfigError(f"{num_samples} sample(s) of {length} tokens do not fit in memory; "
+                          "lower --length or --num-samples") from None
     buf[:, :P] = torch.tensor(prefix_ids, dtype=torch.long, device=device)
     ends = torch.full((B,), P + length, dtype=torch.long, device=device)  # exclusive end per sample
     done = torch.zeros(B, dtype=torch.bool, device=device)

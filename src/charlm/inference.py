@@ -98,9 +98,18 @@ def generate_from_checkpoint(checkpoint=None, *, prefix: str | None = None, leng
     return run
 
 
+# score prints (or lists in JSON) every character with its surprisal: past this it is no longer
+# something to read, and a recurrent model scores only ~30k tokens/s on one CPU stream.
+MAX_SCORE_CHARS = 100_000
+
+
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
                      device: str = "cpu") -> tuple[ScoreResult, LoadedModel]:
     loaded = _load(checkpoint, device)
     if file is not None:
         text = read_text(file)
+    if len(text) > MAX_SCORE_CHARS:
+        where = f"--data {file}" if file is not None else "--data FILE"
+        raise DataError(f"the text has {len(text):,} characters, more than score shows one by one "
+                        f"({MAX_SCORE_CHARS:,}); for its totals use `charlm evaluate {where}`")
     return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded)), loaded

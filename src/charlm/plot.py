@@ -22,13 +22,22 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise CharLMError(f"{run_dir} is not a run folder (no metrics.jsonl)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CharLMError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise CharLMError(f"{path}:{number} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise CharLMError(f"{path}:{number} is not a JSON object")
+            if not isinstance(row.get("step"), (int, float)) or isinstance(row["step"], bool):
+                raise CharLMError(f"{path}:{number} has no numeric \"step\"")
+            rows.append(row)
     return rows
 
 
@@ -58,7 +67,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.legend()
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        if tmp.is_file():
+            tmp.unlink()
+        raise CharLMError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return out

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -41,7 +42,8 @@ class TrainingDisplay:
             return
         world = f" × {info['world_size']} processes" if info.get("world_size", 1) > 1 else ""
         self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters, vocabulary "
-                           f"{info['vocab_size']}) on {info['device']}{world} → {info['run_dir']}", highlight=False)
+                           f"{info['vocab_size']}) on {info['device']}{world} → {escape(str(info['run_dir']))}",
+                           highlight=False)
         if not info["total_steps"]:
             return
         self.progress = Progress(
@@ -73,7 +75,7 @@ class TrainingDisplay:
 
     def _on_note(self, info):
         if not self.quiet:
-            self.console.print(f"[yellow]note:[/] {info['message']}", highlight=False)
+            self.console.print(f"[yellow]note:[/] {escape(info['message'])}", highlight=False)
 
     def summary(self, result) -> None:
         if self.progress is not None:
@@ -83,32 +85,32 @@ class TrainingDisplay:
         bits = f" ({math.log2(best):.3f} bits/token)" if best else ""
         line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s, {result.tokens_per_s:,.0f} tok/s; "
                 f"best val perplexity {_fmt(best)}{bits} → {result.run_dir}")
-        self.console.print(line, highlight=False, soft_wrap=True)
+        self.console.print(line, highlight=False, soft_wrap=True, markup=False)
         if result.status == "interrupted":
-            self.console.print(f"resume with: charlm train --resume {result.run_dir}", highlight=False)
+            self.console.print(f"resume with: charlm train --resume {result.run_dir}", highlight=False, markup=False)
 
 
 def print_corpus_stats(console: Console, result, written: bool) -> None:
     """The counting-model view of a corpus: sizes, then the top n-grams and their Zipf slopes."""
     stats, meta = result.stats, result.meta
-    console.print(f"[bold]{meta.get('name')}[/]: {stats['tokens']:,} {meta['level']} tokens "
+    console.print(f"[bold]{escape(str(meta.get('name')))}[/]: {stats['tokens']:,} {meta['level']} tokens "
                   f"(normalize={meta['normalize']}), train {stats['train_tokens']:,} / val {stats['val_tokens']:,}, "
                   f"vocabulary {stats['vocab_size']:,} (with <unk>)", highlight=False)
     if stats.get("val_unknown"):
         shown = ", ".join(repr(t) for t in stats.get("val_unknown_tokens", [])[:10])
         console.print(f"validation tokens unseen in training, mapped to <unk>: {stats['val_unknown']:,} ({shown})",
-                      highlight=False)
+                      highlight=False, markup=False)
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for order in ("unigrams", "bigrams", "trigrams"):
         table.add_column(f"top {order}", no_wrap=True)
     tops = [stats[order]["top"] for order in ("unigrams", "bigrams", "trigrams")]
     for i in range(max(len(t) for t in tops)):
-        table.add_row(*(f"{_show(t[i]['tokens'])} {t[i]['count']:,}" if i < len(t) else "" for t in tops))
+        table.add_row(*(escape(f"{_show(t[i]['tokens'])} {t[i]['count']:,}") if i < len(t) else "" for t in tops))
     console.print(table)
     slopes = ", ".join(f"{o} {_fmt(stats[o]['zipf_slope'], '.2f')}" for o in ("unigrams", "bigrams", "trigrams"))
     console.print(f"Zipf slope (log frequency vs log rank): {slopes}", highlight=False)
     if written and result.folder is not None:
-        console.print(f"wrote {result.folder} ({meta['dtype']} ids)", highlight=False)
+        console.print(f"wrote {result.folder} ({meta['dtype']} ids)", highlight=False, markup=False)
 
 
 def _show(tokens: list[str]) -> str:

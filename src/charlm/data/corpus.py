@@ -55,8 +55,9 @@ def preprocess(source: str | os.PathLike, out: str | os.PathLike | None = None, 
     and returns train/val as None. Memory stays bounded by `chunk_bytes`, not the file size.
     """
     _check_options(level, normalize, val_fraction, min_freq, errors)
-    name = Path(source).expanduser().stem  # a built-in name is its own stem
-    out = Path(out) if out is not None else Path("data") / name
+    if out is None:
+        out = Path("data") / folder_name(source)
+    out = Path(out)
     tmp, created = (None, []) if stats_only else _make_temp_dir(out, force)  # fail before the work
     try:
         path = resolve_corpus(source)
@@ -402,6 +403,18 @@ def _check_options(level, normalize, val_fraction, min_freq, errors) -> None:
         raise DataError(f"min_freq must be a whole number of at least 1, got {min_freq!r}")
 
 
+def folder_name(source: str | os.PathLike) -> str:
+    """The data/<name> folder a text file or dataset gets: its stem (a built-in name is its own)."""
+    path = Path(source).expanduser()
+    name = path.stem
+    if name in ("", ".", ".."):  # data/.. would be the working folder itself
+        if path.is_dir():
+            raise DataError(f"{source} is a folder; give a text file")
+        raise DataError(f"cannot name a data folder after {str(source)!r}; preprocess it with "
+                        f"`charlm preprocess {source} --out FOLDER` (and train on data.corpus: FOLDER)")
+    return name
+
+
 def _make_temp_dir(out: Path, force: bool) -> tuple[Path, list[Path]]:
     """A fresh hidden folder next to `out`, and the parent folders that had to be created."""
     if out.exists() or out.is_symlink():
@@ -409,6 +422,10 @@ def _make_temp_dir(out: Path, force: bool) -> tuple[Path, list[Path]]:
             raise DataError(f"{out} exists and is not a folder; choose another output folder")
         if not force:
             raise DataError(f"{out} already exists; pass --force to replace it")
+        # --force swaps the whole folder out and deletes it: only ever one preprocess wrote.
+        if any(out.iterdir()) and not (out / "meta.json").is_file():
+            raise DataError(f"{out} is not a preprocessed corpus folder (no meta.json); --force only replaces "
+                            "those, choose another output folder")
     created = [p for p in reversed(out.absolute().parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,173 @@
+"""Training survives faults: kill -9 at random moments, SIGTERM/Ctrl-C, a full disk, a NaN loss."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlm.checkpoint import load_checkpoint
+from charlm.cli import app
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+
+# eval_every 1: a checkpoint is written after every step, so a random kill often lands inside
+# save_checkpoint (temp file written, fsynced, renamed).
+CONFIG = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
+          "model: {name: rnn, hidden_size: 48, embedding_dim: 8}\n"
+          "train: {max_steps: 100000, eval_every: 1, log_every: 1, eval_tokens: 200, device: cpu}\n")
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env=ENV)
+
+
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shared_data):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
+    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:20000]
+    (tmp_path / "small.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "k.yaml").write_text(CONFIG, encoding="utf-8")
+    return tmp_path
+
+
+def start(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "charlm", "train", "--quiet", *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return load_checkpoint(path)["step"]
+    except Exception:  # not there yet
+        return -1
+
+
+def wait_for_step_beyond(proc: subprocess.Popen, last: Path, step: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = saved_step(last)
+        if now > step:
+            return now
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended early with {proc.returncode}:\n{out}\n{err}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no checkpoint past step {step} within {timeout}s")
+
+
+def test_kill_9_at_random_moments_always_leaves_a_resumable_checkpoint(workdir):
+    run = workdir / "runs" / "k"
+    last = run / "last.pt"
+    rng = random.Random(7)
+    step, steps = 0, []
+    for kill in range(5):
+        proc = start(workdir, *(["--config", "k.yaml"] if kill == 0 else ["--resume", str(run)]))
+        wait_for_step_beyond(proc, last, step)  # it resumed and made progress
+        time.sleep(0 if kill == 1 else rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        payload = load_checkpoint(last)  # the folder always holds a whole, loadable last.pt
+        assert payload["step"] > step and all(torch.isfinite(v).all() for v in payload["model"].values())
+        step = payload["step"]
+        steps.append(step)
+    assert steps == sorted(set(steps))
+    # Temp files of kills inside save_checkpoint (usually 2-3 of the 5) do not matter: the run
+    # resumes, finishes, and the next successful save sweeps them away.
+    result = invoke("train", "--resume", str(run), "--quiet", "--set", f"train.max_steps={step + 2}")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(last)["step"] == step + 2
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_save_and_exit_0(workdir, signum):
+    run = workdir / "runs" / "k"
+    proc = start(workdir, "--config", "k.yaml")
+    wait_for_step_beyond(proc, run / "last.pt", 2)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, (out, err)
+    assert "Traceback" not in err and "interrupted at step" in out and "resume with" in out
+    payload = load_checkpoint(run / "last.pt")
+    step = payload["step"]
+    assert f"interrupted at step {step} " in out and payload["finished"] is False
+    result = invoke("train", "--resume", str(run), "--quiet", "--set", f"train.max_steps={step + 2}")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "last.pt")["step"] == step + 2
+
+
+def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(workdir, monkeypatch):
+    run = workdir / "runs" / "k"
+    first = invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4", "--set", "train.eval_every=2")
+    assert first.exit_code == 0, first.output
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    result = invoke("train", "--resume", str(run), "-q", "--set", "train.max_steps=8")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "could not write checkpoint" in line and "No space left on device" in line
+    assert "the previous checkpoint is untouched" in line
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_full_on_any_other_file_is_one_line_too(workdir, monkeypatch):
+    real_open = Path.open
+
+    def full_disk(self, mode="r", *args, **kwargs):
+        if self.name == "metrics.jsonl" and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_disk)
+    result = invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
+                    "--set", "train.log_every=2")
+    assert result.exit_code == 2
+    assert one_error_line(result) == "error: runs/k/metrics.jsonl: No space left on device"
+    assert load_checkpoint(workdir / "runs" / "k" / "last.pt")["step"] == 2  # saved just before the log line
+
+
+def test_nan_loss_mid_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(workdir, monkeypatch):
+    from charlm.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def poisoned(self, xb, yb, lr):
+        loss, norm = real_step(self, xb, yb, lr)
+        return (loss * math.nan if self.step >= 4 else loss), norm  # from the 5th step on
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    result = invoke("train", "-c", "k.yaml", "-q", "--set", "train.eval_every=2", "--set", "train.log_every=2")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "loss became nan near step 6" in line and "runs/k/last.pt" in line
+    payload = load_checkpoint(workdir / "runs" / "k" / "last.pt")
+    assert payload["step"] == 4 and all(torch.isfinite(v).all() for v in payload["model"].values())
+    assert load_checkpoint(workdir / "runs" / "k" / "best.pt")["step"] in (2, 4)

@@ -1,0 +1,251 @@
+"""Hostile inputs: pickles that run code, YAML tags that run code, paths that climb out, bad downloads.
+
+(Downloads: tests/test_text.py checks the library path against a local HTTP server -- verified,
+cached, corrupt cache re-fetched, wrong checksum kept nowhere; here one CLI-level check.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import pickle
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charlm.cli import app
+from charlm.config import build_config
+
+runner = CliRunner()
+ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
+        "model: {name: rnn, hidden_size: 16, embedding_dim: 8}\n"
+        "train: {max_steps: 4, eval_every: 2, log_every: 2, device: cpu}\n")
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), env=ENV)
+
+
+def one_error_line(result) -> str:
+    detail = f"exit {result.exit_code}: {result.exception!r}\n{result.output}"
+    assert result.exit_code == 2 and "Traceback" not in result.output, detail
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), detail
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>")
+            for p in sorted(root.rglob("*"))}
+
+
+class Evil:
+    """Unpickling this runs `exec`, which writes the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, shared_data) -> Path:
+    root = tmp_path_factory.mktemp("security-base")
+    (root / "small.txt").write_text((shared_data / "timemachine.txt").read_text(encoding="utf-8")[:6000])
+    (root / "tiny.yaml").write_text(TINY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("CHARLM_DATA_HOME", str(shared_data))
+        result = invoke("train", "--config", "tiny.yaml", "--quiet")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture
+def ws(base, tmp_path, monkeypatch, shared_data) -> Path:
+    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "runs" / "LATEST").write_text(str(tmp_path / "runs" / "tiny") + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
+    return tmp_path
+
+
+def evil_checkpoint(ws: Path, path: Path, marker: Path, fmt: str = "zip") -> Path:
+    """A real checkpoint with one extra entry that runs code when unpickled."""
+    payload = torch.load(ws / "runs" / "tiny" / "last.pt", weights_only=True)
+    payload["vocab"] = {**payload["vocab"], "hook": Evil(marker)}
+    if fmt == "zip":
+        torch.save(payload, path)
+    elif fmt == "legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    return path
+
+
+# ---------------------------------------------------------------- pickles
+
+def test_the_evil_checkpoint_does_run_code_when_loaded_unsafely(ws):
+    marker = ws / "proof"
+    evil_checkpoint(ws, ws / "evil.pt", marker)
+    torch.load(ws / "evil.pt", weights_only=False)  # what charlm must never do
+    assert marker.read_text() == "pwned"
+
+
+def _resume_run(ws: Path, evil: Path) -> list[str]:
+    shutil.copytree(ws / "runs" / "tiny", ws / "runs" / "victim")
+    shutil.copy(evil, ws / "runs" / "victim" / "last.pt")
+    return ["train", "--resume", "runs/victim"]
+
+
+def _as_best_of_the_latest_run(ws: Path, evil: Path, *args: str) -> list[str]:
+    shutil.copy(evil, ws / "runs" / "tiny" / "best.pt")  # picked for a run folder, or with no --checkpoint
+    return list(args)
+
+
+COMMANDS = {
+    "evaluate": lambda ws, evil: ["evaluate", "--checkpoint", str(evil)],
+    "evaluate-run-folder": lambda ws, evil: _as_best_of_the_latest_run(ws, evil, "evaluate", "--checkpoint",
+                                                                       "runs/tiny"),
+    "generate": lambda ws, evil: ["generate", "--checkpoint", str(evil)],
+    "generate-latest-run": lambda ws, evil: _as_best_of_the_latest_run(ws, evil, "generate"),
+    "score": lambda ws, evil: ["score", "the time", "--checkpoint", str(evil)],
+    "train-init-from": lambda ws, evil: ["train", "-c", "tiny.yaml", "--set", "train.out=runs/new", "--init-from",
+                                         str(evil)],
+    "train-resume": _resume_run,
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_refuses_a_checkpoint_that_would_run_code(ws, command):
+    marker = ws / "pwned"
+    evil = evil_checkpoint(ws, ws / "evil.pt", marker)
+    line = one_error_line(invoke(*COMMANDS[command](ws, evil)))
+    assert "refused to load" in line and "could run code" in line
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "raw-pickle"])
+def test_other_pickle_formats_are_refused_before_unpickling(ws, fmt):
+    marker = ws / "pwned"
+    evil = evil_checkpoint(ws, ws / "evil.pt", marker, fmt)
+    for args in (["evaluate", "--checkpoint", str(evil)], ["generate", "--checkpoint", str(evil)]):
+        assert "evil.pt is not a charlm checkpoint" in one_error_line(invoke(*args))
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- YAML
+
+TAGS = ["!!python/object/apply:os.system ['touch {m}']",
+        "!!python/object/apply:builtins.exec [\"open('{m}', 'w')\"]",
+        "!!python/object/new:subprocess.Popen [['touch', '{m}']]",
+        "!!python/name:os.system",
+        "!!python/module:os"]
+
+
+@pytest.mark.parametrize("tag", TAGS, ids=["apply-system", "apply-exec", "new-popen", "name", "module"])
+def test_yaml_python_tags_are_refused_and_never_run(ws, tag):
+    marker = ws / "pwned"
+    (ws / "evil.yaml").write_text(f"generate:\n  prefix: {tag.format(m=marker)}\n")
+    before = snapshot(ws)
+    line = one_error_line(invoke("train", "--config", "evil.yaml"))
+    assert "evil.yaml: invalid YAML at line 2" in line and "could not determine a constructor" in line
+    assert not marker.exists() and snapshot(ws) == before
+
+
+def test_yaml_tags_in_set_overrides_stay_plain_text(ws):
+    marker = ws / "pwned"
+    text = f"!!python/object/apply:os.system ['touch {marker}']"
+    assert build_config({}, [f"generate.prefix={text}"]).generate.prefix == text
+    before = snapshot(ws)
+    line = one_error_line(invoke("train", "-c", "tiny.yaml", "--set", f"generate.prefix={text}",
+                                 "--set", "train.max_steps=0"))
+    assert "train.max_steps: 0 is out of range" in line
+    assert not marker.exists() and snapshot(ws) == before
+
+
+# ---------------------------------------------------------------- paths
+
+@pytest.fixture
+def nested(tmp_path, monkeypatch, shared_data) -> Path:
+    """cwd is tmp/a/b, so ../../ is tmp itself, where every file is watched."""
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    (tmp_path / "outside.txt").write_text("text outside the working folder\n" * 20)
+    (cwd / "small.txt").write_text((shared_data / "timemachine.txt").read_text(encoding="utf-8")[:6000])
+    (cwd / "tiny.yaml").write_text(TINY)
+    (cwd / "...txt").write_text("a corpus whose name is '..'\n" * 20)
+    (cwd / "...yaml").write_text(TINY)
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["preprocess", "../../x"], "no such file or built-in dataset: ../../x"),
+    (["preprocess", "../../etc/passwd"], "no such file or built-in dataset: ../../etc/passwd"),
+    (["preprocess", "timemachine/../../x"], "no such file or built-in dataset"),
+    (["preprocess", ".."], "is a folder"),
+    (["preprocess", "."], "is a folder"),
+    (["preprocess", "...txt"], "cannot name a data folder after '...txt'"),
+    (["preprocess", "small.txt", "--out", ".", "--force"], "is not a preprocessed corpus folder (no meta.json)"),
+    (["preprocess", "small.txt", "--out", "../..", "--force"], "is not a preprocessed corpus folder"),
+    (["train", "-c", "...yaml"], "a config's file name names its run"),
+    (["train", "-c", "tiny.yaml", "--set", "data.corpus=...txt"], "cannot name a data folder after '...txt'"),
+    (["train", "-c", "tiny.yaml", "--set", "data.corpus=../../etc/passwd"], "no such file or built-in dataset"),
+], ids=["missing", "passwd", "builtin-prefix", "dotdot", "dot", "named-dotdot", "force-cwd", "force-parent",
+        "run-named-dotdot", "train-corpus-named-dotdot", "train-corpus-passwd"])
+def test_names_that_climb_out_are_refused_and_touch_nothing(nested, args, phrase):
+    cwd = nested / "a" / "b"
+    before = snapshot(nested)
+    assert phrase in one_error_line(invoke(*args))
+    after = snapshot(nested)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if args[0] == "train":  # train.py makes runs/<name>/ before it reads the data (see test_bad_inputs)
+        changed = [k for k in changed if not k.startswith("a/b/runs")]
+    assert changed == []
+    assert not (cwd / "data").exists()
+
+
+def test_an_existing_file_up_the_tree_is_read_but_written_only_inside(nested):
+    before = snapshot(nested)
+    result = invoke("preprocess", "../../outside.txt")
+    assert result.exit_code == 0, result.output
+    after = snapshot(nested)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed and all(k.startswith("a/b/data") for k in changed), changed
+    assert (nested / "a" / "b" / "data" / "outside" / "train.bin").is_file()
+
+
+# ---------------------------------------------------------------- downloads
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_kept_nowhere(nested, monkeypatch):
+    www = nested / "www"
+    www.mkdir()
+    (www / "tm.txt").write_text("not the time machine\n" * 50)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        monkeypatch.setenv("CHARLM_DATASET_URL_TIMEMACHINE", f"http://127.0.0.1:{httpd.server_address[1]}/tm.txt")
+        before = snapshot(nested)
+        line = one_error_line(invoke("preprocess", "timemachine"))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "has sha256" in line and "expected 8424dbd9" in line
+    assert snapshot(nested) == before  # nothing in the cache, no data/ folder
