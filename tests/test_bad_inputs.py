@@ -115,12 +115,6 @@ def case(id: str, args: str | list[str], phrase: str, *setup, marks=()):
                         marks=marks)
 
 
-# A failure after train.py created the run folder: see the report (train.py validates too late).
-LATE_VALIDATION = pytest.mark.xfail(
-    strict=True, raises=FilesChanged,
-    reason="train.py creates runs/<name>/ (and wipes it with --force) before the data, sampler, "
-           "model and stop condition are checked; fix: validate first in train._train")
-
 CASES = [
     # ---------------------------------------------------------------- preprocess
     case("preprocess-missing-file", "preprocess nope.txt", "no such file or built-in dataset: nope.txt"),
@@ -188,30 +182,29 @@ CASES = [
     # ---------------------------------------------------------------- train: data, checkpoints, outputs
     case("train-num-steps-longer-than-corpus",
          "train -c tiny.yaml --set train.out=runs/new --set data.num_steps=100000",
-         "data.num_steps (100000) is too long for the training split", marks=LATE_VALIDATION),
+         "data.num_steps (100000) is too long for the training split"),
     case("train-batch-larger-than-subsequences", "train -c tiny.yaml --set train.out=runs/new "
-         "--set data.batch_size=5000", "data.batch_size (5000) × data.num_steps (8) needs more tokens",
-         marks=LATE_VALIDATION),
+         "--set data.batch_size=5000", "data.batch_size (5000) × data.num_steps (8) needs more tokens"),
     case("train-force-then-bad-data", "train -c tiny.yaml --force --set data.num_steps=100000",
-         "is too long for the training split", marks=LATE_VALIDATION),
+         "is too long for the training split"),
     case("train-corpus-missing", "train -c tiny.yaml --set train.out=runs/new --set data.corpus=nope.txt",
-         "no such file or built-in dataset: nope.txt", marks=LATE_VALIDATION),
+         "no such file or built-in dataset: nope.txt"),
     case("train-corpus-binary", "train -c tiny.yaml --set train.out=runs/new --set data.corpus=bin.txt",
-         "looks binary", write("bin.txt", BINARY), marks=LATE_VALIDATION),
+         "looks binary", write("bin.txt", BINARY)),
     case("train-corpus-unprepared-folder", "train -c tiny.yaml --set train.out=runs/new --set data.corpus=somedir",
-         "is a folder but not a preprocessed corpus", folder("somedir"), marks=LATE_VALIDATION),
+         "is a folder but not a preprocessed corpus", folder("somedir")),
     case("train-unknown-sampling", "train -c tiny.yaml --set train.out=runs/new --set data.sampling=shuffled",
-         "data.sampling: unknown strategy 'shuffled'", marks=LATE_VALIDATION),
+         "data.sampling: unknown strategy 'shuffled'"),
     case("train-unknown-model", "train -c tiny.yaml --set train.out=runs/new --set model.name=transformer",
-         "transformer", marks=LATE_VALIDATION),
+         "transformer"),
     case("train-unknown-device", "train -c tiny.yaml --set train.out=runs/new --set train.device=tpu",
-         "train.device: unknown device 'tpu'", marks=LATE_VALIDATION),
+         "train.device: unknown device 'tpu'"),
     case("train-model-too-big-for-memory", "train -c tiny.yaml --set train.out=runs/new --set model.hidden_size="
-         "100000000", "model", marks=pytest.mark.xfail(
-             strict=True, reason="models.build_model lets torch's allocation RuntimeError through (a traceback); "
-                                 "fix: turn it into a ConfigError naming the sizes, before the run folder is made")),
+         "100000000", "model.hidden_size: 100000000 is out of range"),
+    case("train-model-too-big-for-memory-within-range", "train -c tiny.yaml --set train.out=runs/new --set "
+         "model.hidden_size=65536 --set model.num_layers=64 --set model.name=lstm", "does not fit in memory"),
     case("train-no-stop-condition", "train -c tiny.yaml --set train.out=runs/new --set train.max_steps=null",
-         "set train.epochs, train.max_steps or train.max_time", marks=LATE_VALIDATION),
+         "set train.epochs, train.max_steps or train.max_time"),
     case("train-out-under-a-file", "train -c tiny.yaml --set train.out=afile/run",
          "cannot write the run folder afile/run"),
     case("train-out-exists", "train -c tiny.yaml", "run folder runs/tiny already exists"),
@@ -222,11 +215,11 @@ CASES = [
     case("train-resume-truncated", "train --resume runs/tiny", "is corrupt or truncated",
          remove("runs/tiny/last.pt"), lambda root: shutil.copy(root / "truncated.pt", root / "runs/tiny/last.pt")),
     case("train-init-from-missing", "train -c tiny.yaml --set train.out=runs/new --init-from nope.pt",
-         "checkpoint not found: nope.pt", marks=LATE_VALIDATION),
+         "checkpoint not found: nope.pt"),
     case("train-init-from-truncated", "train -c tiny.yaml --set train.out=runs/new --init-from truncated.pt",
-         "truncated.pt is corrupt or truncated", marks=LATE_VALIDATION),
+         "truncated.pt is corrupt or truncated"),
     case("train-init-from-other-format", "train -c tiny.yaml --set train.out=runs/new --init-from future.pt",
-         "has checkpoint format 99, this charlm reads format 1", marks=LATE_VALIDATION),
+         "has checkpoint format 99, this charlm reads format 1"),
     # ---------------------------------------------------------------- evaluate
     case("evaluate-checkpoint-missing", "evaluate --checkpoint nope.pt", "checkpoint not found: nope.pt"),
     case("evaluate-checkpoint-truncated", "evaluate --checkpoint truncated.pt", "truncated.pt is corrupt or truncated"),

@@ -34,15 +34,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "rnn"
-    hidden_size: int = field(default=256, metadata=_range(1))
-    num_layers: int = field(default=1, metadata=_range(1))
+    hidden_size: int = field(default=256, metadata=_range(1, 1 << 16))
+    num_layers: int = field(default=1, metadata=_range(1, 64))
     dropout: float = field(default=0.0, metadata=_range(0.0, 1.0, hi_open=True))
-    embedding_dim: int | None = field(default=None, metadata=_range(1))
+    embedding_dim: int | None = field(default=None, metadata=_range(1, 1 << 16))
     tie_weights: bool = False
     order: int = field(default=5, metadata=_range(1, 12))
     smoothing: Literal["add_k", "kneser_ney"] = "kneser_ney"
     k: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
-    context: int = field(default=8, metadata=_range(1))
+    context: int = field(default=8, metadata=_range(1, 4096))
 
 
 @dataclass(frozen=True)

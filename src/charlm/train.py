@@ -25,7 +25,7 @@ from charlm.data.corpus import PreparedCorpus
 from charlm.data.prepare import prepare_for_training
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_ids
-from charlm.models import build_model, detach_state
+from charlm.models import build_model, detach_state, model_class
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -98,22 +98,36 @@ def stop_on_signals(enabled: bool) -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse a run folder we must not use, before anything is written."""
     if resume:
         if not (run_dir / "last.pt").is_file():
             raise CharLMError(f"cannot resume: {run_dir / 'last.pt'} does not exist")
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharLMError(f"run folder {run_dir} is a file")
     if run_dir.exists() and not force and any(run_dir.iterdir()):
         raise CharLMError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} "
                           "or overwrite it with --force")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CharLMError(f"run folder {run_dir} is a file")
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Create the folder and clear a previous run's outputs (--force); called once all checks passed."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
     except OSError as exc:
         raise CharLMError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
+
+
+def _build(cfg: RunConfig, vocab_size: int):
+    try:
+        return build_model(cfg.model.name, vocab_size, **model_options(cfg))
+    except (RuntimeError, MemoryError) as exc:  # torch's allocator: OutOfMemoryError is a RuntimeError
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model {cfg.model.name} with hidden_size {cfg.model.hidden_size}, num_layers "
+                          f"{cfg.model.num_layers} does not fit in memory ({first})") from None
 
 
 def _resume_config(cfg: RunConfig, payload: dict[str, Any]) -> RunConfig:
@@ -129,8 +143,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows logged after the checkpoint we resume from, so no step appears twice."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                rows.append(line)
+        except (ValueError, AttributeError):
+            pass  # a row cut short by a kill: it belongs to the steps we are about to redo
     path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
 
@@ -149,19 +168,21 @@ def _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signal
     # Only rank 0 reports: the other ranks' events would repeat its numbers.
     emit = (on_event if dist.is_main else None) or (lambda kind, info: None)
     run_dir = Path(run_dir or cfg.train.out or Path("runs") / cfg.name)
+    # Every check comes before the first write, so a mistake never touches an existing run.
+    _check_run_dir(run_dir, resume, force)
     payload = None
     if resume:
-        _prepare_run_dir(run_dir, resume=True, force=False)
         payload = load_checkpoint(run_dir / "last.pt")
         cfg = _resume_config(cfg, payload)
-    else:
-        dist.main_first(lambda: _prepare_run_dir(run_dir, resume=False, force=force) if dist.is_main else None)
+    t = cfg.train
+    if not (t.max_steps or t.epochs or t.max_time) and getattr(model_class(cfg.model.name), "trainable", True):
+        raise ConfigError("set train.epochs, train.max_steps or train.max_time, or training never stops")
     # Rank 0 preprocesses if needed; the others then load what it wrote.
     corpus: PreparedCorpus = dist.main_first(lambda: prepare_for_training(cfg.data))
     vocab = corpus.vocab
     device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model, model_args = build_model(cfg.model.name, len(vocab), **model_options(cfg))
+    model, model_args = _build(cfg, len(vocab))
     if init_from is not None:
         start = load_checkpoint(init_from)
         if start["model_args"] != model_args or start["model_name"] != cfg.model.name:
@@ -170,21 +191,25 @@ def _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signal
         model.load_state_dict(start["model"])
     model.to(device)
     dist.seed(cfg.train.seed)
+    trainer = None
+    if getattr(model, "trainable", True):
+        trainer = Trainer(cfg, model, corpus, run_dir, device, dist, None, emit)  # checks batch against corpus
+    if not resume:
+        dist.main_first(lambda: _prepare_run_dir(run_dir) if dist.is_main else None)
     if dist.is_main:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         vocab.save(run_dir / "vocab.json")
 
     base = {"model_name": cfg.model.name, "model_args": model_args, "vocab": vocab.to_dict(),
             "charlm_version": __version__, "data_dir": str(Path(corpus.folder).resolve())}
-    if not getattr(model, "trainable", True):
+    if trainer is None:
         return _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit, dist.is_main)
-
-    ctx = Trainer(cfg, model, corpus, run_dir, device, dist, base, emit)
+    trainer.base = base
     if payload is not None:
-        ctx.restore(payload)
-        _truncate_metrics(run_dir / "metrics.jsonl", ctx.step) if dist.is_main else None
+        trainer.restore(payload)
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step) if dist.is_main else None
     with stop_on_signals(handle_signals) as stop_requested:
-        return ctx.run(stop_requested)
+        return trainer.run(stop_requested)
 
 
 def _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit, main=True) -> TrainResult:
@@ -312,8 +337,6 @@ class Trainer:
     def run(self, stop_requested: threading.Event) -> TrainResult:
         cfg, t = self.cfg, self.cfg.train
         total = self.total_steps()
-        if total is None and t.max_time is None:
-            raise ConfigError("set train.epochs, train.max_steps or train.max_time, or training never stops")
         self.model.train()
         params = sum(p.numel() for p in self.model.parameters())
         self.emit("start", {"run_dir": str(self.run_dir), "total_steps": total, "device": str(self.device),
