@@ -20,14 +20,11 @@ import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from charlm.cli import app
+from cli_helpers import invoke
 from charlm.config import RunConfig, build_config, config_from_dict, dump_yaml, valid_keys
 from charlm.errors import ConfigError
 
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
         "model: {name: rnn, hidden_size: 16, embedding_dim: 8}\n"
@@ -35,8 +32,6 @@ TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}
         "generate: {prefix: the, length: 8}\n")
 
 
-def invoke(*args: str):
-    return runner.invoke(app, list(args), env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +232,7 @@ CASES = [
     case("generate-latest-pointer-empty", "generate", "no recent run found", write("runs/LATEST", b"\n")),
     case("score-latest-run-gone", "score hello", "checkpoint not found", write("runs/LATEST", "runs/deleted\n")),
     case("evaluate-data-folder-gone", "evaluate --checkpoint nodata.pt", "data folder"),
-    case("evaluate-data-missing", "evaluate --data nope.txt", "no such file: nope.txt"),
+    case("evaluate-data-missing", "evaluate --data nope.txt", "no such file or built-in dataset: nope.txt"),
     case("evaluate-data-empty", "evaluate --data empty.txt", "evaluation needs at least 2", write("empty.txt", b"")),
     case("evaluate-data-binary", "evaluate --data bin.txt", "looks binary", write("bin.txt", BINARY)),
     case("evaluate-data-invalid-utf8", "evaluate --data latin1.txt", "invalid UTF-8 at byte 3",
@@ -342,16 +337,16 @@ def test_huge_single_line_trains(ws, huge_line):
 
 def test_huge_single_line_evaluates(ws, huge_line, monkeypatch):
     # A real pass over 5M characters is linear but takes minutes on one CPU stream (an RNN is
-    # sequential): the model pass sees the whole text, then scores only its tail here.
+    # sequential): the file is encoded whole, in chunks, then only its tail is scored here.
     import charlm.inference
 
-    real, seen = charlm.inference.evaluate_text, []
+    real, seen = charlm.inference.evaluate_ids, []
 
-    def tail_only(model, vocab, text, normalize="none", **kwargs):
-        seen.append(len(text))
-        return real(model, vocab, text[-2000:], normalize, **kwargs)
+    def tail_only(model, ids, **kwargs):
+        seen.append(len(ids))
+        return real(model, ids[-2000:], **kwargs)
 
-    monkeypatch.setattr(charlm.inference, "evaluate_text", tail_only)
+    monkeypatch.setattr(charlm.inference, "evaluate_ids", tail_only)
     result = invoke("evaluate", "--data", "huge.txt", "--json")
     assert result.exit_code == 0, result.output
     assert seen == [HUGE] and '"tokens": 1999' in result.stdout

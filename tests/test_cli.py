@@ -6,15 +6,11 @@ import sys
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from charlm.cli import app
-
-runner = CliRunner()
+from cli_helpers import invoke
 
 
-def invoke(*args):
-    return runner.invoke(app, list(args), env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charlm.data import corpus as corpus_module
-from charlm.data.corpus import FORMAT_VERSION, is_prepared, load_corpus, preprocess, zipf_slope
+from charlm.data import ngrams as ngrams_module
+from charlm.data.corpus import FORMAT_VERSION, is_prepared, load_corpus, preprocess
+from charlm.data.ngrams import zipf_slope
 from charlm.data.text import NORMALIZATIONS, normalize, tokenize
 from charlm.data.vocab import UNK, Vocab
 from charlm.errors import DataError
@@ -154,7 +156,7 @@ def test_tiny_chunks_give_identical_output(tmp_path, normalization, level, monke
     source = write(tmp_path / "t.txt", text)
     outputs = []
     for i, (chunk_bytes, dense) in enumerate([(1 << 20, 1 << 22), (3, 1 << 22), (5, 0)]):
-        monkeypatch.setattr(corpus_module, "_DENSE_NGRAM_LIMIT", dense)  # 0: the sorted-keys path
+        monkeypatch.setattr(ngrams_module, "_DENSE_NGRAM_LIMIT", dense)  # 0: the sorted-keys path
         corpus = preprocess(source, tmp_path / f"o{i}", level=level, normalize=normalization,
                             chunk_bytes=chunk_bytes)
         files = {f: (tmp_path / f"o{i}" / f).read_bytes() for f in ("train.bin", "val.bin", "vocab.json")}
@@ -267,7 +269,7 @@ def test_interrupt_removes_the_temporary_folder(tmp_path, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_module, "_summary", interrupted)
+    monkeypatch.setattr(corpus_module, "summary", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preprocess(write(tmp_path / "t.txt", "abc"), tmp_path / "new" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
@@ -320,7 +322,7 @@ def test_huge_vocabularies_count_bigrams_only():
             return f"t{i}"
 
     tokens = Tokens()
-    counter = corpus_module._NgramCounter(len(tokens))
+    counter = ngrams_module.NgramCounter(len(tokens))
     counter.update(np.array([5, 7, 5], np.uint32))
     counter.update(np.array([7], np.uint32))
     summaries = counter.summaries(tokens)

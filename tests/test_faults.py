@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from charlm.checkpoint import load_checkpoint
-from charlm.cli import app
+from cli_helpers import invoke, one_error_line
 
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 
 # eval_every 1: a checkpoint is written after every step, so a random kill often lands inside
 # save_checkpoint (temp file written, fsynced, renamed).
@@ -29,15 +26,8 @@ CONFIG = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 
           "train: {max_steps: 100000, eval_every: 1, log_every: 1, eval_tokens: 200, device: cpu}\n")
 
 
-def invoke(*args: str):
-    return runner.invoke(app, list(args), env=ENV)
 
 
-def one_error_line(result) -> str:
-    assert "Traceback" not in result.output, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -165,8 +155,7 @@ def test_nan_loss_mid_run_stops_with_one_line_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(Trainer, "train_step", poisoned)
     result = invoke("train", "-c", "k.yaml", "-q", "--set", "train.eval_every=2", "--set", "train.log_every=2")
-    assert result.exit_code == 1
-    line = one_error_line(result)
+    line = one_error_line(result, exit_code=1)
     assert "loss became nan near step 6" in line and "runs/k/last.pt" in line
     payload = load_checkpoint(workdir / "runs" / "k" / "last.pt")
     assert payload["step"] == 4 and all(torch.isfinite(v).all() for v in payload["model"].values())

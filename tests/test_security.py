@@ -15,28 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from charlm.cli import app
+from cli_helpers import invoke, one_error_line
 from charlm.config import build_config
 
-runner = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
         "model: {name: rnn, hidden_size: 16, embedding_dim: 8}\n"
         "train: {max_steps: 4, eval_every: 2, log_every: 2, device: cpu}\n")
 
 
-def invoke(*args: str):
-    return runner.invoke(app, list(args), env=ENV)
 
 
-def one_error_line(result) -> str:
-    detail = f"exit {result.exit_code}: {result.exception!r}\n{result.output}"
-    assert result.exit_code == 2 and "Traceback" not in result.output, detail
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), detail
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:

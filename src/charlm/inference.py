@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,7 +14,7 @@ from charlm.data.text import normalize as normalize_text
 from charlm.data.text import read_text
 from charlm.distributed import resolve_device
 from charlm.errors import DataError
-from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, evaluate_text, score_text
+from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.generate import GenerationResult, generate, novelty
 from charlm.sampling import validate_sampling
 
@@ -41,8 +42,13 @@ def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu")
         if len(ids) < 2:
             raise DataError("the run has no validation split (val_fraction 0); pass --data FILE")
         return evaluate_ids(loaded.model, ids, device=where), loaded
-    text = read_text(data)
-    return evaluate_text(loaded.model, loaded.vocab, text, loaded.normalize, device=where), loaded
+    from charlm.data.corpus import encode_text_file
+
+    with tempfile.TemporaryDirectory(prefix="charlm-eval-") as tmp:
+        ids = encode_text_file(data, loaded.vocab, loaded.normalize, Path(tmp) / "ids.bin")
+        if len(ids) < 2:
+            raise DataError(f"{data}: evaluation needs at least 2 tokens after normalization, got {len(ids)}")
+        return evaluate_ids(loaded.model, ids, device=where), loaded
 
 
 def _model_device(loaded: LoadedModel):
