@@ -47,13 +47,14 @@ class TrainingDisplay:
         if not info["total_steps"]:
             return
         self.progress = Progress(
-            TextColumn("[bold]train[/]"), BarColumn(bar_width=24), MofNCompleteColumn(),
-            TextColumn("ep {task.fields[epoch]}  loss {task.fields[loss]}  ppl {task.fields[ppl]}  "
-                       "val {task.fields[val]}  {task.fields[tps]} tok/s  |g| {task.fields[grad]}"),
+            # Fits 80 columns: train perplexity is in each evaluation line printed above the bar.
+            TextColumn("[bold]train[/]"), BarColumn(bar_width=10), MofNCompleteColumn(),
+            TextColumn("ep {task.fields[epoch]} loss {task.fields[loss]} val {task.fields[val]} "
+                       "{task.fields[tps]} tok/s |g| {task.fields[grad]}"),
             TimeRemainingColumn(), console=self.console, transient=False, refresh_per_second=4)
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["total_steps"], completed=info.get("step", 0),
-                                           epoch=0, loss="—", ppl="—", val="—", tps="—", grad="—")
+                                           epoch=0, loss="—", val="—", tps="—", grad="—")
 
     def _on_log(self, row):
         if row.get("val_perplexity") is not None:
@@ -63,8 +64,8 @@ class TrainingDisplay:
                 self.console.print(f"step {row['step']}: val perplexity {_fmt(self.val)}")
             return
         self.progress.update(self.task, completed=row["step"], epoch=row["epoch"], loss=_fmt(row["loss"]),
-                             ppl=_fmt(row["perplexity"], ".2f"), val=_fmt(self.val, ".2f"),
-                             tps=f"{row['tokens_per_s']:,.0f}", grad=_fmt(row["grad_norm"], ".2f"))
+                             val=_fmt(self.val, ".2f"),
+                             tps=f"{row['tokens_per_s'] / 1000:.1f}k", grad=_fmt(row["grad_norm"], ".2f"))
         if "val_perplexity" in row and row["val_perplexity"] is not None:
             self.progress.console.print(f"step {row['step']:>6}  train ppl {row['perplexity']:.3f}  "
                                         f"val ppl {row['val_perplexity']:.3f}  clipped {row['clipped']}",
