@@ -189,7 +189,7 @@ CASES = [
     case("train-corpus-unprepared-folder", "train -c tiny.yaml --set train.out=runs/new --set data.corpus=somedir",
          "is a folder but not a preprocessed corpus", folder("somedir")),
     case("train-unknown-sampling", "train -c tiny.yaml --set train.out=runs/new --set data.sampling=shuffled",
-         "data.sampling: unknown strategy 'shuffled'"),
+         "data.sampling: unknown minibatch strategy 'shuffled'"),
     case("train-unknown-model", "train -c tiny.yaml --set train.out=runs/new --set model.name=transformer",
          "transformer"),
     case("train-unknown-device", "train -c tiny.yaml --set train.out=runs/new --set train.device=tpu",

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 
 import torch
 
 from charlm.errors import ConfigError
+from charlm.registry import Registry
 
 # fn(logits (B, V), generator, *, temperature, top_k, top_p) -> ids (B,)
 Strategy = Callable[..., torch.Tensor]
 
-_STRATEGIES: dict[str, Strategy] = {}
+_STRATEGIES: Registry[Strategy] = Registry("sampling strategy")
 
 # Below this, logits / temperature can overflow float32 to inf; such a draw is greedy anyway.
 _MIN_TEMPERATURE = 1e-30
@@ -25,31 +25,17 @@ _TOP_P_SLACK = 1e-6
 
 def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
     """Decorator that adds a next-token strategy under `name`."""
-
-    def add(fn: Strategy) -> Strategy:
-        if name in _STRATEGIES:
-            raise ValueError(f"sampling strategy {name!r} is already registered")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return add
+    return _STRATEGIES.register(name)
 
 
 def available_strategies() -> list[str]:
     """Registered strategy names, sorted (the CLI's choices)."""
-    return sorted(_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def get_strategy(name: str) -> Strategy:
     """The strategy registered as `name`; ConfigError naming the closest one otherwise."""
-    try:
-        return _STRATEGIES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _STRATEGIES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown sampling strategy {name!r}; {hint}choose from {', '.join(available_strategies())}"
-        ) from None
+    return _STRATEGIES.get(name)
 
 
 def validate_sampling(

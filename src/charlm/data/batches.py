@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Iterator
 
 import numpy as np
 
 from charlm.errors import ConfigError, DataError
+from charlm.registry import Registry
 
-_STRATEGIES: dict[str, type["BatchSampler"]] = {}
+_STRATEGIES: Registry[type["BatchSampler"]] = Registry("minibatch strategy")
 
 
 def register_sampling(name: str) -> Callable[[type], type]:
     def add(cls: type) -> type:
-        _STRATEGIES[name] = cls
         cls.name = name
-        return cls
+        return _STRATEGIES.register(name)(cls)
 
     return add
 
 
 def available_samplings() -> list[str]:
-    return sorted(_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def make_sampler(name: str, ids: np.ndarray, batch_size: int, num_steps: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> "BatchSampler":
-    if name not in _STRATEGIES:
-        close = difflib.get_close_matches(name, list(_STRATEGIES), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (choose from {', '.join(available_samplings())})"
-        raise ConfigError(f"data.sampling: unknown strategy '{name}'{hint}")
-    return _STRATEGIES[name](ids, batch_size, num_steps, seed, rank, world_size)
+    return _STRATEGIES.get(name, key="data.sampling")(ids, batch_size, num_steps, seed, rank, world_size)
 
 
 class BatchSampler:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -11,10 +10,11 @@ import torch
 from torch import nn
 
 from charlm.errors import ConfigError
+from charlm.registry import Registry
 
 # The one piece of module-level mutable state the library allows: filled at import time by
 # @register_model in the model modules imported at the bottom of this file.
-_REGISTRY: dict[str, type[nn.Module]] = {}
+_REGISTRY: Registry[type[nn.Module]] = Registry("model")
 
 # Values a checkpoint can store and torch.load(weights_only=True) can read back.
 _PLAIN_TYPES = (bool, int, float, str, type(None))
@@ -24,32 +24,21 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make the model buildable as `name`."""
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is registered twice")
         if not isinstance(getattr(cls, "trainable", None), bool):
             raise TypeError(f"{cls.__name__} must set the class attribute `trainable: bool`")
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.register(name)(cls)
 
     return decorator
 
 
 def available_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def model_class(name: str) -> type[nn.Module]:
     """The class registered as `name`; ConfigError naming the closest valid name otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        names = available_models()
-        closest = difflib.get_close_matches(str(name), names, n=1, cutoff=0.0)
-        hint = f"; did you mean {closest[0]!r}?" if closest else ""
-        raise ConfigError(
-            f"unknown model {name!r}{hint} (available: {', '.join(names)})"
-        ) from None
+    return _REGISTRY.get(name, key="model.name")
 
 
 def _constructor_parameters(name: str) -> dict[str, inspect.Parameter]:
