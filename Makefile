@@ -7,8 +7,9 @@ export CHARLM_DATA_HOME ?= $(if $(SHARED_DATA),$(abspath ../shared/data),)
 
 .PHONY: setup demo test bench clean
 
-setup $(BIN)/charlm:
+setup $(BIN)/charlm: pyproject.toml
 	./scripts/setup.sh
+	touch $(BIN)/charlm
 
 demo: $(BIN)/charlm
 	$(BIN)/charlm train --config configs/rnn.yaml --force
