@@ -206,13 +206,17 @@ def generate(
                    top_p=top_p, num_samples=num_samples, seed=seed, stop=stop, unknown=unknown, device=device,
                    check_novelty=check_novelty)
 
+    pending_prefix = []
+
     def show_prefix(text: str) -> None:
         if streaming and not continuation_only:
-            out.file.write(text)
-            out.file.flush()
+            pending_prefix.append(text)
 
     def on_token(step: int, tokens: list[str]) -> None:
-        out.file.write(tokens[0])
+        # The prefix is written with the first token, once generate() has accepted it: a prefix
+        # it rejects (unknown characters) must leave nothing on stdout but the error line.
+        out.file.write("".join(pending_prefix) + tokens[0])
+        pending_prefix.clear()
         out.file.flush()
 
     run = generate_from_checkpoint(checkpoint, on_prefix=show_prefix, on_token=on_token if streaming else None,
