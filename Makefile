@@ -1,9 +1,6 @@
 # Two commands for a fresh clone: `make demo` and `make test`. Both create .venv first.
 VENV := .venv
 BIN := $(VENV)/bin
-# Offline corpora for tests (and for the demo when present): the shared data folder beside the clone.
-SHARED_DATA := $(wildcard ../shared/data/timemachine.txt)
-export CHARLM_DATA_HOME ?= $(if $(SHARED_DATA),$(abspath ../shared/data),)
 
 .PHONY: setup demo test bench clean
 
@@ -12,7 +9,7 @@ setup $(BIN)/charlm: pyproject.toml
 	touch $(BIN)/charlm
 
 demo: $(BIN)/charlm
-	$(BIN)/charlm train --config configs/rnn.yaml --force
+	$(BIN)/charlm train --config rnn --force
 	$(BIN)/charlm generate --prefix "time traveller" --length 200
 
 test: $(BIN)/charlm

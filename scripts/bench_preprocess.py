@@ -21,22 +21,15 @@ import time
 from pathlib import Path
 
 CHUNK_BYTES = 4 << 20
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 GOAL_RATIO, GOAL_MB_S, GOAL_RSS_MB = 1.5, 50.0, 500.0
 
 
 def make_corpus(path: Path, megabytes: float) -> str:
-    """Tiny Shakespeare repeated up to the size (random words when it is not around)."""
+    """Tiny Shakespeare (the copy shipped in the package) repeated up to the size."""
+    from charlm.data.text import builtin_path
+
     target = int(megabytes * 1e6)
-    if SHAKESPEARE.is_file():
-        block, what = SHAKESPEARE.read_bytes(), "tinyshakespeare repeated"
-    else:
-        import numpy as np
-        rng = np.random.default_rng(0)
-        words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(1, 9)))
-                 for _ in range(5000)]
-        block = (" ".join(rng.choice(words, 200_000)) + "\n").encode()
-        what = "random words"
+    block, what = builtin_path("tinyshakespeare").read_bytes(), "tinyshakespeare repeated"
     with open(path, "wb") as out:
         written = 0
         while written < target:

@@ -4,7 +4,7 @@ Fits n-grams of order 1–6 (add-k and Kneser–Ney), the τ-window MLP, rnn_scr
 and lstm on The Time Machine (letters) and Tiny Shakespeare (raw characters), each with the
 same 90/10 split and a small fixed time budget, then writes a Markdown table and a bar chart.
 
-    CHARLM_DATA_HOME=../shared/data python scripts/compare_models.py --budget 40 --out docs/
+    python scripts/compare_models.py --budget 40 --out docs/
 """
 
 from __future__ import annotations

@@ -6,17 +6,18 @@ import pytest
 # The test models are tiny: one thread per process is faster than two and, on a busy 2-core
 # machine, far steadier (OpenMP threads spin-wait on each other). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The corpora beside the project (../shared/data); tests never download."""
-    assert (SHARED_DATA / "timemachine.txt").is_file(), f"missing {SHARED_DATA}"
-    return SHARED_DATA
+# The suite stands on the repository alone: a user's own corpora folder must not leak in.
+os.environ.pop("CHARLM_DATA_HOME", None)
 
 
 @pytest.fixture(scope="session")
-def tiny_text(shared_data) -> str:
-    return (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:5000]
+def corpus_dir() -> Path:
+    """The corpora shipped inside the package (timemachine.txt, tinyshakespeare.txt)."""
+    from charlm.data.text import builtin_path
+
+    return builtin_path("timemachine").parent
+
+
+@pytest.fixture(scope="session")
+def tiny_text(corpus_dir) -> str:
+    return (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:5000]

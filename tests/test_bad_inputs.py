@@ -35,17 +35,16 @@ TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, shared_data) -> Path:
+def base(tmp_path_factory, corpus_dir) -> Path:
     """A workspace with a trained tiny run; built once, copied per case."""
     root = tmp_path_factory.mktemp("bad-inputs-base")
-    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:6000]
+    text = (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:6000]
     assert "€" not in text and "Z" not in text
     (root / "small.txt").write_text(text, encoding="utf-8")
     (root / "tiny.yaml").write_text(TINY, encoding="utf-8")
     (root / "afile").write_text("a regular file, in the way of any path under it\n", encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("CHARLM_DATA_HOME", str(shared_data))
         result = invoke("train", "--config", "tiny.yaml", "--quiet")
     assert result.exit_code == 0, result.output
     payload = torch.load(root / "runs" / "tiny" / "last.pt", weights_only=True)
@@ -58,11 +57,10 @@ def base(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture
-def ws(base, tmp_path, monkeypatch, shared_data) -> Path:
+def ws(base, tmp_path, monkeypatch, corpus_dir) -> Path:
     shutil.copytree(base, tmp_path, dirs_exist_ok=True)
     (tmp_path / "runs" / "LATEST").write_text(str(tmp_path / "runs" / "tiny") + "\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
     return tmp_path
 
 

@@ -10,14 +10,10 @@ import pytest
 from cli_helpers import invoke
 
 
-
-
-
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, corpus_dir):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
-    (tmp_path / "corpus.txt").write_text((shared_data / "timemachine.txt").read_text()[:40000])
+    (tmp_path / "corpus.txt").write_text((corpus_dir / "timemachine.txt").read_text()[:40000])
     (tmp_path / "tiny.yaml").write_text(
         "data: {corpus: corpus.txt, normalize: letters, batch_size: 8, num_steps: 16}\n"
         "model: {name: lstm, hidden_size: 32, embedding_dim: 8}\n"

@@ -75,10 +75,11 @@ def test_changed_keys_and_resumable_set():
 
 
 def test_every_shipped_config_loads():
-    from pathlib import Path
+    from charlm.shipped import shipped_configs
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-    assert len(configs) >= 6
-    for path in configs:
-        cfg = load_config(path)
-        assert cfg.train.max_steps or cfg.train.epochs or cfg.train.max_time, path
+    configs = shipped_configs()
+    assert {"rnn", "lstm", "gru", "tiny", "shakespeare_lstm"} <= set(configs)
+    for item in configs.values():
+        cfg = load_config(item.name)  # by bare name, as `charlm train --config rnn` does
+        assert cfg.name == item.name
+        assert cfg.train.max_steps or cfg.train.epochs or cfg.train.max_time, item.path

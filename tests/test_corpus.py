@@ -38,8 +38,8 @@ def decoded(corpus) -> str:
 
 # ---------------------------------------------------------------- the real corpora
 
-def test_time_machine_letters_is_d2l(shared_data, tmp_path):
-    source = shared_data / "timemachine.txt"
+def test_time_machine_letters_is_d2l(corpus_dir, tmp_path):
+    source = corpus_dir / "timemachine.txt"
     assert hashlib.sha1(source.read_bytes()).hexdigest() == "090b5e7e70c295757f55df93cb0a180b9691891a"
     corpus = preprocess(source, tmp_path / "tm", normalize="letters")
     assert len(corpus.vocab) == 28 and corpus.vocab.tokens[:3] == (UNK, " ", "e")
@@ -58,9 +58,9 @@ def test_time_machine_letters_is_d2l(shared_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "tm").iterdir()) == sorted(corpus_module.FILES)
 
 
-def test_time_machine_statistics_match_brute_force_counts(shared_data, tmp_path):
-    corpus = preprocess(shared_data / "timemachine.txt", stats_only=True, normalize="letters")
-    text = normalize((shared_data / "timemachine.txt").read_text(encoding="utf-8"), "letters")
+def test_time_machine_statistics_match_brute_force_counts(corpus_dir, tmp_path):
+    corpus = preprocess(corpus_dir / "timemachine.txt", stats_only=True, normalize="letters")
+    text = normalize((corpus_dir / "timemachine.txt").read_text(encoding="utf-8"), "letters")
     train = text[: corpus.stats["train_tokens"]]
     for key, order in (("unigrams", 1), ("bigrams", 2), ("trigrams", 3)):
         counts = Counter(train[i: i + order] for i in range(len(train) - order + 1))
@@ -74,9 +74,8 @@ def test_time_machine_statistics_match_brute_force_counts(shared_data, tmp_path)
     assert list(tmp_path.iterdir()) == []  # stats_only writes nothing
 
 
-def test_default_output_folder_is_data_name_in_cwd(shared_data, tmp_path, monkeypatch):
+def test_default_output_folder_is_data_name_in_cwd(corpus_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
     corpus = preprocess("tinyshakespeare", val_fraction=0.05)
     assert corpus.folder == Path("data") / "tinyshakespeare" and is_prepared("data/tinyshakespeare")
     assert len(corpus.vocab) == 66 and corpus.meta["name"] == "tinyshakespeare"

@@ -26,9 +26,9 @@ RAW = {"data": {"corpus": "corpus.txt", "normalize": "letters", "sampling": "seq
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, corpus_dir):
     monkeypatch.chdir(tmp_path)
-    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:30000]
+    text = (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:30000]
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
     (tmp_path / "tiny.yaml").write_text(dump_yaml(build_config(RAW)), encoding="utf-8")
     return tmp_path

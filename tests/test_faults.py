@@ -31,10 +31,9 @@ CONFIG = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, corpus_dir):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
-    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:20000]
+    text = (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:20000]
     (tmp_path / "small.txt").write_text(text, encoding="utf-8")
     (tmp_path / "k.yaml").write_text(CONFIG, encoding="utf-8")
     return tmp_path

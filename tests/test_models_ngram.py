@@ -5,7 +5,6 @@ import itertools
 import math
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,6 @@ from hypothesis import strategies as st
 
 from charlm.errors import ConfigError, DataError
 from charlm.models import build_model
-
-TIME_MACHINE = Path("/work/shared/data/timemachine.txt")
-
 
 def fitted(vocab, ids, **options):
     model, _ = build_model("ngram", vocab, **options)
@@ -194,9 +190,8 @@ def perplexity(model, ids, chunk=512):
     return math.exp(nll / len(y))
 
 
-@pytest.mark.skipif(not TIME_MACHINE.exists(), reason="needs the shared Time Machine text")
-def test_kneser_ney_beats_add_k_on_held_out_text():
-    text = re.sub("[^A-Za-z]+", " ", TIME_MACHINE.read_text()).lower()
+def test_kneser_ney_beats_add_k_on_held_out_text(corpus_dir):
+    text = re.sub("[^A-Za-z]+", " ", (corpus_dir / "timemachine.txt").read_text()).lower()
     alphabet = {c: i + 1 for i, c in enumerate(sorted(set(text)))}  # id 0 = <unk>
     ids = np.array([alphabet[c] for c in text])
     split = int(len(ids) * 0.9)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
+import json
 import re
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charlm.data.text import (BUILTIN_DATASETS, LEVELS, NORMALIZATIONS, data_home, iter_normalized,
+from charlm.data import text as text_module
+from charlm.data.text import (BUILTIN_DATASETS, LEVELS, NORMALIZATIONS, builtin_path, iter_normalized,
                               iter_text_chunks, iter_token_lists, normalize, read_text, resolve_corpus,
                               tokenize)
 from charlm.errors import DataError
@@ -44,8 +44,8 @@ def test_line_endings_become_newlines_in_every_mode(mode):
     assert "\r" not in normalize("x\r\r\n", mode)
 
 
-def test_letters_matches_d2l_on_the_time_machine(shared_data):
-    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")
+def test_letters_matches_d2l_on_the_time_machine(corpus_dir):
+    text = (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")
     expected = re.sub("[^A-Za-z]+", " ", text).lower()
     assert normalize(text, "letters") == expected
     assert sorted(set(expected)) == sorted(" abcdefghijklmnopqrstuvwxyz")
@@ -155,10 +155,11 @@ def test_read_text_errors(tmp_path):
 # ---------------------------------------------------------------- corpora by name
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "cache"
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(home))
-    return home
+def home(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(folder))
+    return folder
 
 
 def test_existing_path_is_returned(tmp_path):
@@ -167,93 +168,67 @@ def test_existing_path_is_returned(tmp_path):
     assert resolve_corpus(str(path)) == path
 
 
-def test_bad_names_list_the_builtins(tmp_path, cache):
+def test_bad_names_list_the_builtins(tmp_path, home):
     with pytest.raises(DataError, match="is a folder"):
         resolve_corpus(tmp_path)
     with pytest.raises(DataError, match=r"built-in dataset: .*missing\.txt.*timemachine, tinyshakespeare"):
         resolve_corpus(tmp_path / "missing.txt")
-    with pytest.raises(DataError, match=r"wikitext.*timemachine, tinyshakespeare"):
+    with pytest.raises(DataError, match=r"wikitext, nor in \$CHARLM_DATA_HOME.*timemachine, tinyshakespeare"):
         resolve_corpus("wikitext")
-    with pytest.raises(DataError, match="built-in datasets"):
-        resolve_corpus("../../timemachine")
-    assert not cache.exists()  # nothing was built from those names
+    write(tmp_path / "secret.txt", b"outside the data home")
+    with pytest.raises(DataError, match="built-in datasets"):  # a name never climbs out of the data home
+        resolve_corpus("../secret")
+    assert list(home.iterdir()) == []
 
 
-def test_builtin_from_a_local_data_home_is_used_offline(shared_data, monkeypatch):
-    monkeypatch.setenv("CHARLM_DATA_HOME", str(shared_data))
-    monkeypatch.setenv("CHARLM_DATASET_URL_TIMEMACHINE", "http://127.0.0.1:9/never")
-    path = resolve_corpus("timemachine")
-    assert path == shared_data / "timemachine.txt"
-    assert hashlib.sha1(path.read_bytes()).hexdigest() == "090b5e7e70c295757f55df93cb0a180b9691891a"
+def test_builtins_are_the_shipped_copies_and_need_no_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a built-in dataset tried to use the network")
 
-
-def test_data_home_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.delenv("CHARLM_DATA_HOME", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data_home() == tmp_path / "charlm"
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server over tmp_path/www; yields (base url, folder, request log)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            requests.append(self.path)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requests
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def test_download_verifies_and_caches(shared_data, cache, server, monkeypatch):
-    base, root, requests = server
-    write(root / "tm.txt", (shared_data / "timemachine.txt").read_bytes())
-    monkeypatch.setenv("CHARLM_DATASET_URL_TIMEMACHINE", f"{base}/tm.txt")
     path = resolve_corpus("timemachine")
-    assert path == cache / "timemachine.txt"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == BUILTIN_DATASETS["timemachine"].sha256
-    assert resolve_corpus("timemachine") == path
-    assert len(requests) == 1  # the second call used the cache
-    assert sorted(p.name for p in cache.iterdir()) == ["timemachine.txt"]
+    assert path.parent.name == "corpora" and path.parent.parent.name == "charlm"
+    assert hashlib.sha1(path.read_bytes()).hexdigest() == "090b5e7e70c295757f55df93cb0a180b9691891a"  # D2L's
+    shakespeare = resolve_corpus("tinyshakespeare").read_text(encoding="utf-8")
+    assert len(shakespeare) == 1_115_394 and len(set(shakespeare)) == 65
 
 
-def test_corrupt_cache_is_downloaded_again(shared_data, cache, server, monkeypatch):
-    base, root, _ = server
-    write(root / "tm.txt", (shared_data / "timemachine.txt").read_bytes())
-    cache.mkdir()
-    write(cache / "timemachine.txt", b"truncated")
-    monkeypatch.setenv("CHARLM_DATASET_URL_TIMEMACHINE", f"{base}/tm.txt")
-    assert resolve_corpus("timemachine").read_bytes() == (shared_data / "timemachine.txt").read_bytes()
+def test_sources_record_an_https_source_and_the_sha256_of_each_shipped_file():
+    sources = json.loads((builtin_path("timemachine").parent / "sources.json").read_text(encoding="utf-8"))
+    assert set(sources) == set(BUILTIN_DATASETS) == {"timemachine", "tinyshakespeare"}
+    for name, entry in sources.items():
+        assert entry["source"].startswith("https://")
+        assert hashlib.sha256(builtin_path(name).read_bytes()).hexdigest() == entry["sha256"]
 
 
-def test_wrong_checksum_is_rejected_and_nothing_kept(cache, server, monkeypatch):
-    base, root, _ = server
-    write(root / "tm.txt", b"not the time machine")
-    monkeypatch.setenv("CHARLM_DATASET_URL_TIMEMACHINE", f"{base}/tm.txt")
-    with pytest.raises(DataError, match=r"sha256 .* expected 8424dbd9.*file path instead"):
+def test_a_damaged_shipped_corpus_is_refused(tmp_path, monkeypatch):
+    damaged = write(tmp_path / "timemachine.txt", b"not the time machine")
+    monkeypatch.setattr(text_module, "_CORPORA", tmp_path)
+    with pytest.raises(DataError, match="does not match its sha256 8424dbd9.*reinstall charlm"):
         resolve_corpus("timemachine")
-    assert list(cache.iterdir()) == []
+    damaged.unlink()
+    with pytest.raises(DataError, match="missing from this installation"):
+        resolve_corpus("timemachine")
 
 
-def test_missing_url_and_unreachable_host_say_how_to_use_a_local_file(cache, server, monkeypatch):
-    base, _, _ = server
-    monkeypatch.setenv("CHARLM_DATASET_URL_TINYSHAKESPEARE", f"{base}/absent.txt")
-    with pytest.raises(DataError, match=r"cannot download tinyshakespeare .*pass a local copy"):
-        resolve_corpus("tinyshakespeare")
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("CHARLM_DATASET_URL_TINYSHAKESPEARE", f"http://127.0.0.1:{port}/x.txt")
-    with pytest.raises(DataError, match="cannot download tinyshakespeare"):
-        resolve_corpus("tinyshakespeare")
-    assert list(cache.iterdir()) == []
+def test_a_users_corpus_is_found_by_name_in_the_data_home(home, tmp_path, monkeypatch):
+    write(home / "poems.txt", b"roses are red")
+    write(home / "notes", b"no suffix")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_corpus("poems") == home / "poems.txt"
+    assert resolve_corpus("poems.txt") == home / "poems.txt"
+    assert resolve_corpus("notes") == home / "notes"
+    write(home / "timemachine.txt", b"a user's file does not replace the shipped corpus")
+    assert resolve_corpus("timemachine") == builtin_path("timemachine")
+
+
+def test_no_plain_http_url_is_left_in_the_package():
+    remote_http = re.compile(r"http://(?!127\.0\.0\.1|localhost|\[::1\]|\{)")  # loopback is no download
+    package = Path(text_module.__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(package)) for p in package.rglob("*")
+                 if p.is_file() and p.suffix in (".py", ".json", ".yaml", ".html", ".js")
+                 and remote_http.search(p.read_text(encoding="utf-8", errors="replace"))]
+    assert offenders == []
+
+

@@ -13,9 +13,9 @@ from charlm.train import Trainer, TrainingDiverged, lr_factor, train
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, corpus_dir):
     monkeypatch.chdir(tmp_path)
-    text = (shared_data / "timemachine.txt").read_text(encoding="utf-8")[:30000]
+    text = (corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:30000]
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
     return tmp_path
 

@@ -100,11 +100,11 @@ def preprocess(
     print_corpus_stats(out, result, written=not stats_only)
 
 
-@app.command(epilog="Examples: charlm train --config configs/rnn.yaml --set train.max_steps=500\n\n"
+@app.command(epilog="Examples: charlm train --config rnn --set train.max_steps=500\n\n"
                     "charlm train --resume runs/rnn --set train.max_steps=4000")
 @friendly
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: a file, or a shipped config's name (see `charlm configs`)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=0.001 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from last.pt."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights, fresh optimizer."),
@@ -260,6 +260,40 @@ def score(
     from charlm.report import print_surprisal
 
     print_surprisal(out, result)
+
+
+configs_app = typer.Typer(help="List the shipped configs, or copy one out to edit.", no_args_is_help=False,
+                          context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(configs_app, name="configs")
+
+
+@configs_app.callback(invoke_without_command=True, epilog="Examples: charlm configs\n\ncharlm configs copy lstm my_lstm.yaml")
+@friendly
+def configs(ctx: typer.Context) -> None:
+    """List the configs shipped with charlm; `charlm train --config NAME` runs one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from charlm.shipped import shipped_configs
+
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("name", style="bold")
+    table.add_column("what it trains")
+    for item in shipped_configs().values():
+        table.add_row(item.name, escape(item.description))
+    out.print(table)
+
+
+@configs_app.command("copy", epilog="Example: charlm configs copy rnn my_rnn.yaml && charlm train -c my_rnn.yaml")
+@friendly
+def configs_copy(
+    name: str = typer.Argument(..., help="A shipped config's name (see `charlm configs`)."),
+    dest: Optional[Path] = typer.Argument(None, help="File or folder to write (default ./NAME.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a shipped config to a file you can edit."""
+    from charlm.shipped import copy_config
+
+    out.print(f"wrote {escape(str(copy_config(name, dest, force=force)))}", highlight=False)
 
 
 def main() -> None:

@@ -231,12 +231,15 @@ def build_config(raw: Any, overrides: list[str] | None = None, name: str = "run"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (safe loader only) and apply overrides; every problem is a ConfigError."""
+    """Read a YAML config (a path, or a shipped config's bare name) and apply overrides.
+
+    Safe loader only; every problem is a ConfigError.
+    """
     if path is None:
         return build_config({}, overrides)
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    from charlm.shipped import find_config
+
+    path = find_config(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import importlib.resources
+import json
 import os
 import re
-import tempfile
 import types
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +32,22 @@ _MAX_LOWER_CARRY = 1 << 20
 
 @dataclass(frozen=True)
 class BuiltinDataset:
-    """A public corpus charlm can fetch by name."""
+    """A public-domain corpus shipped inside the package (see corpora/sources.json)."""
 
     name: str
-    url: str
-    sha256: str
     filename: str
+    sha256: str
+    source: str
 
 
-BUILTIN_DATASETS = types.MappingProxyType({
-    "timemachine": BuiltinDataset(
-        "timemachine", "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
-        "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516", "timemachine.txt"),
-    "tinyshakespeare": BuiltinDataset(
-        "tinyshakespeare",
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "tinyshakespeare.txt"),
-})
+def _load_builtins() -> types.MappingProxyType:
+    entries = json.loads(_CORPORA.joinpath("sources.json").read_text(encoding="utf-8"))
+    return types.MappingProxyType({name: BuiltinDataset(name, e["file"], e["sha256"], e["source"])
+                                   for name, e in entries.items()})
+
+
+_CORPORA = importlib.resources.files("charlm") / "corpora"
+BUILTIN_DATASETS = _load_builtins()
 
 
 # ---------------------------------------------------------------- normalization & tokens
@@ -226,60 +224,46 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # ---------------------------------------------------------------- corpora by name
 
-def data_home() -> Path:
-    """Where built-in datasets are cached: $CHARLM_DATA_HOME, else $XDG_CACHE_HOME/charlm."""
-    if os.environ.get("CHARLM_DATA_HOME"):
-        return Path(os.environ["CHARLM_DATA_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "charlm"
+def data_home() -> Path | None:
+    """$CHARLM_DATA_HOME: a folder of the user's own corpora, found by bare name."""
+    home = os.environ.get("CHARLM_DATA_HOME")
+    return Path(home).expanduser() if home else None
 
 
 def _builtin_names() -> str:
     return ", ".join(BUILTIN_DATASETS)
 
 
-def resolve_corpus(name_or_path: str | os.PathLike, timeout: float = 30.0) -> Path:
-    """Turn a file path or a built-in dataset name into a readable local file."""
+def resolve_corpus(name_or_path: str | os.PathLike) -> Path:
+    """Turn a file path, a built-in dataset name or a name in $CHARLM_DATA_HOME into a local file.
+
+    The built-in names always mean the copies shipped in the package: no network, ever.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a text file or one of: {_builtin_names()}")
     if path.exists():
         return path
     name = str(name_or_path)
-    if name in BUILTIN_DATASETS:  # only fixed names ever become cache paths
-        return _fetch_builtin(BUILTIN_DATASETS[name], timeout)
-    raise DataError(f"no such file or built-in dataset: {name}; built-in datasets: {_builtin_names()}")
-
-
-def _fetch_builtin(spec: BuiltinDataset, timeout: float) -> Path:
+    if name in BUILTIN_DATASETS:  # only fixed names ever become package paths
+        return builtin_path(name)
     home = data_home()
-    target = home / spec.filename
-    if target.is_file() and sha256_file(target) == spec.sha256:
-        return target
-    url = os.environ.get(f"CHARLM_DATASET_URL_{spec.name.upper()}") or spec.url
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=home)
-    except OSError as exc:
-        raise DataError(f"cannot write the dataset cache {home}: {exc.strerror or exc}; "
-                        "set CHARLM_DATA_HOME to a writable folder") from None
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-        if digest.hexdigest() != spec.sha256:
-            raise DataError(f"{spec.name} downloaded from {url} has sha256 {digest.hexdigest()}, "
-                            f"expected {spec.sha256}; not using it. Download it yourself and pass "
-                            "the file path instead")
-        os.replace(tmp, target)
-        return target
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"cannot download {spec.name} from {url} ({reason}); without network, "
-                        f"pass a local copy instead: charlm preprocess path/to/{spec.filename} "
-                        "(or put it in $CHARLM_DATA_HOME)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    if home is not None and path.name == name and name not in ("", ".", ".."):
+        for candidate in (home / name, home / f"{name}.txt"):
+            if candidate.is_file():
+                return candidate
+    where = f", nor in $CHARLM_DATA_HOME ({home})" if home is not None else ""
+    raise DataError(f"no such file or built-in dataset: {name}{where}; built-in datasets: {_builtin_names()}")
+
+
+def builtin_path(name: str) -> Path:
+    """The shipped file of a built-in dataset, checked against its recorded sha256."""
+    spec = BUILTIN_DATASETS[name]
+    path = Path(str(_CORPORA.joinpath(spec.filename)))
+    if not path.is_file():
+        raise DataError(f"the built-in dataset {name} is missing from this installation ({path}); "
+                        "reinstall charlm")
+    if sha256_file(path) != spec.sha256:
+        raise DataError(f"the built-in dataset {name} at {path} does not match its sha256 {spec.sha256}; "
+                        "reinstall charlm")
+    return path
