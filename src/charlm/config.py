@@ -70,7 +70,8 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_range(0, 2**63 - 1))  # torch.manual_seed takes 64 bits
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
-    amp: bool = True
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # see charlm.precision
+    amp: bool = True  # older switch: false means fp32 when precision is auto
     out: str | None = None
 
 
@@ -106,7 +107,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": 
             "generate": GenerateConfig}
 # With --resume only these may change: they decide when to stop and what to log, not what is learnt.
 RESUMABLE_KEYS = frozenset({"train.max_steps", "train.max_time", "train.epochs", "train.eval_every",
-                            "train.log_every", "train.eval_tokens"})
+                            "train.log_every", "train.eval_tokens", "train.precision"})
 
 
 def valid_keys() -> list[str]:

@@ -141,6 +141,14 @@ class Dist:
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
 
+    def max_float(self, value: float) -> float:
+        """The largest of every rank's `value` (e.g. their training clocks); a collective."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return float(t.item())
+
     def any_stop(self, flag: bool) -> bool:
         """True on every rank when any rank was asked to stop, so all stop after the same step."""
         return self.agree(flag)[0]

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -41,20 +41,29 @@ class TrainingDisplay:
         if self.quiet:
             return
         world = f" × {info['world_size']} processes" if info.get("world_size", 1) > 1 else ""
+        precision = f" in {info['precision']} ({escape(info['precision_reason'])})" if info.get("precision") else ""
         self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters, vocabulary "
-                           f"{info['vocab_size']}) on {info['device']}{world} → {escape(str(info['run_dir']))}",
-                           highlight=False)
-        if not info["total_steps"]:
+                           f"{info['vocab_size']}) on {info['device']}{world}{precision} → "
+                           f"{escape(str(info['run_dir']))}", highlight=False)
+        if not info["total_steps"] and not info.get("max_time"):
             return
         self.progress = Progress(
             # Fits 80 columns: train perplexity is in each evaluation line printed above the bar.
-            TextColumn("[bold]train[/]"), BarColumn(bar_width=10), MofNCompleteColumn(),
+            # The bar's total is the limit that binds (steps or max_time), so time-left follows it.
+            TextColumn("[bold]train[/]"), BarColumn(bar_width=10), TextColumn("{task.fields[where]}"),
             TextColumn("ep {task.fields[epoch]} loss {task.fields[loss]} val {task.fields[val]} "
                        "{task.fields[tps]} tok/s |g| {task.fields[grad]}"),
             TimeRemainingColumn(), console=self.console, transient=False, refresh_per_second=4)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=info["total_steps"], completed=info.get("step", 0),
+        self.task = self.progress.add_task("train", total=1.0, completed=info.get("progress", 0.0),
+                                           where=self._where(info.get("step", 0), "steps"),
                                            epoch=0, loss="—", val="—", tps="—", grad="—")
+
+    def _where(self, step: int, bound_by: str, elapsed: float = 0.0) -> str:
+        total = self.info.get("total_steps")
+        if bound_by == "time" or not total:
+            return f"{elapsed:.0f}/{self.info['max_time']:g}s"
+        return f"{step}/{total}"
 
     def _on_log(self, row):
         if row.get("val_perplexity") is not None:
@@ -63,7 +72,9 @@ class TrainingDisplay:
             if not self.quiet and "val_perplexity" in row:
                 self.console.print(f"step {row['step']}: val perplexity {_fmt(self.val)}")
             return
-        self.progress.update(self.task, completed=row["step"], epoch=row["epoch"], loss=_fmt(row["loss"]),
+        where = self._where(row["step"], row.get("bound_by", "steps"), row.get("elapsed", 0.0))
+        self.progress.update(self.task, completed=row.get("progress", 0.0), where=where, epoch=row["epoch"],
+                             loss=_fmt(row["loss"]),
                              val=_fmt(self.val, ".2f"),
                              tps=f"{row['tokens_per_s'] / 1000:.1f}k", grad=_fmt(row["grad_norm"], ".2f"))
         if "val_perplexity" in row and row["val_perplexity"] is not None:

@@ -7,7 +7,7 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +26,7 @@ from charlm.data.prepare import prepare_for_training
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_ids
 from charlm.models import build_model, detach_state, model_class
+from charlm.precision import cast_state, resolve_precision, state_dtypes, to_float32
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -47,18 +48,33 @@ class TrainResult:
     tokens_per_s: float
 
 
-def lr_factor(step: int, cfg: RunConfig, total_steps: int | None) -> float:
-    """The schedule as a pure function of the step, so it needs no state in the checkpoint."""
+def lr_factor(step: int, cfg: RunConfig, total_steps: int | None, elapsed: float = 0.0) -> float:
+    """The schedule as a pure function of the step and the training clock, both in the checkpoint.
+
+    The cosine's progress is the fraction of whichever limit binds: steps (max_steps or epochs)
+    or train.max_time, so a run stopped by its deadline has annealed to min_lr by then. A run
+    without max_time depends on the step alone and resumes bit for bit.
+    """
     o = cfg.optim
     if o.warmup_steps and step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     if o.schedule == "step":
         return o.gamma ** (step // o.step_size)
-    if o.schedule == "cosine" and total_steps:
-        progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+    max_time = cfg.train.max_time
+    if o.schedule == "cosine" and (total_steps or max_time):
+        by_steps = (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps) if total_steps else 0.0
+        by_time = elapsed / max_time if max_time else 0.0
+        progress = min(1.0, max(by_steps, by_time))
         floor = o.min_lr / o.lr
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
+
+
+def run_progress(step: int, elapsed: float, cfg: RunConfig, total_steps: int | None) -> tuple[float, str]:
+    """How far the run is towards the limit that binds first (0..1), and which one: "steps" or "time"."""
+    by_steps = step / total_steps if total_steps else 0.0
+    by_time = elapsed / cfg.train.max_time if cfg.train.max_time else 0.0
+    return (min(1.0, by_time), "time") if by_time > by_steps else (min(1.0, by_steps), "steps")
 
 
 def make_optimizer(params, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -246,10 +262,11 @@ class Trainer:
         self.net = dist.wrap(model)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
-                         else nullcontext())
+        # Only the forward pass is autocast; weights, Adam's moments, loss and clipping stay fp32.
+        self.precision = resolve_precision(cfg.train.precision, device, cfg.train.amp)
+        self.autocast = self.precision.autocast(device)
         self.step = self.epoch = self.batch = 0
-        self.elapsed = 0.0
+        self.elapsed = self.schedule_clock = 0.0  # seconds of training; the schedule's clock (see run)
         self.best_val: float | None = None
         self.state = None  # carried across batches by the sequential sampler
         self.state_dims = state_batch_dims(model) if self.sampler.carries_state else None
@@ -264,12 +281,15 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step, self.epoch, self.batch = payload["step"], payload["epoch"], payload["batch"]
         self.elapsed, self.best_val = payload["elapsed"], payload["best_val"]
+        self.schedule_clock = self.elapsed
         rngs = payload.get("rng_ranks")
         torch.set_rng_state(rngs[self.dist.rank] if rngs and len(rngs) == self.dist.world_size else payload["rng"])
         if self.dist.active and not (rngs and len(rngs) == self.dist.world_size):
             self.dist.seed(self.cfg.train.seed + self.step)  # another world size: fresh, distinct streams
         # The checkpoint holds the global batch's state, so any world size can take its rows.
         state = self.dist.shard_state(payload.get("carried_state"), self.state_dims)
+        # Stored as fp32; back to the dtype the forward pass produced it in (bf16 under autocast).
+        state = cast_state(state, payload.get("carried_dtypes"))
         self.state = _to_device(state, self.device) if state is not None else None
 
     def checkpoint(self, finished: bool = False) -> dict[str, Any]:
@@ -280,7 +300,8 @@ class Trainer:
         return {**self.base, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "elapsed": self.elapsed, "best_val": self.best_val, "rng": rngs[0], **extra,
-                "carried_state": _to_device(state, "cpu") if state is not None else None, "finished": finished}
+                "carried_state": to_float32(_to_device(state, "cpu")) if state is not None else None,
+                "carried_dtypes": state_dtypes(state), "finished": finished}
 
     def save(self, val: float | None, finished: bool = False) -> None:
         payload = self.checkpoint(finished)
@@ -342,7 +363,9 @@ class Trainer:
         self.emit("start", {"run_dir": str(self.run_dir), "total_steps": total, "device": str(self.device),
                             "parameters": params, "model": cfg.model.name, "vocab_size": len(self.corpus.vocab),
                             "step": self.step, "batches_per_epoch": self.sampler.batches_per_epoch(),
-                            "world_size": self.dist.world_size})
+                            "world_size": self.dist.world_size, "precision": self.precision.name,
+                            "precision_reason": self.precision.reason, "max_time": t.max_time,
+                            "progress": run_progress(self.step, self.elapsed, cfg, total)[0]})
         tokens_per_step = cfg.data.batch_size * cfg.data.num_steps
         window_loss, window_clipped, window_steps = torch.zeros((), device=self.device), 0, 0
         window_start, status, val = time.perf_counter(), "finished", None
@@ -353,7 +376,7 @@ class Trainer:
         more = (total is None or self.step < total) and (t.max_time is None or self.elapsed < t.max_time)
         while more:
             xb, yb = next(batches)
-            lr = cfg.optim.lr * lr_factor(self.step, cfg, total)
+            lr = cfg.optim.lr * lr_factor(self.step, cfg, total, self.schedule_clock)
             loss, grad_norm = self.train_step(xb, yb, lr)
             self.step, self.batch = self.step + 1, self.batch + 1
             if self.batch >= self.sampler.batches_per_epoch():
@@ -375,8 +398,12 @@ class Trainer:
                 # they compare notes only on logging steps and the last one (the same on every rank).
                 if self.step % t.log_every == 0 or at_total:
                     last, stopping = self.dist.agree(last, stopping)
+                    # Every rank must use the same learning rate: the schedule follows one clock.
+                    self.elapsed = self.schedule_clock = self.dist.max_float(self.elapsed)
                 else:
                     last = stopping = False
+            else:
+                self.schedule_clock = self.elapsed
             evaluate_now = self.step % t.eval_every == 0 or stopping
             if self.step % t.log_every == 0 or evaluate_now:
                 mean_loss = self.dist.mean(window_loss / window_steps).item()  # the one host sync
@@ -389,6 +416,7 @@ class Trainer:
                        "lr": lr, "grad_norm": float(grad_norm), "clipped": int(window_clipped),
                        "tokens_per_s": window_steps * tokens_per_step / max(now - window_start, 1e-9),
                        "elapsed": self.elapsed}
+                row["progress"], row["bound_by"] = run_progress(self.step, self.elapsed, cfg, total)
                 if evaluate_now:
                     val = self.validate()
                     row["val_perplexity"] = val
@@ -410,7 +438,8 @@ class Trainer:
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(
                 {"status": status, "step": self.step, "best_val_perplexity": self.best_val,
-                 "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s}, indent=1),
+                 "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s,
+                 "precision": self.precision.name}, indent=1),
                 encoding="utf-8")
             record_latest_run(self.run_dir)
             self.draw_curves()
