@@ -21,11 +21,13 @@ SMALL_OPTIONS = dict(
     hidden_size=16, num_layers=2, dropout=0.1, embedding_dim=None, order=3, context=4
 )
 SINGLE_LAYER = {"rnn_scratch"}  # rejects num_layers != 1 by design
+# gpt has no one-hot input: its width is embedding_dim, split into heads.
+FAMILY_OPTIONS = {"gpt": dict(embedding_dim=8, num_heads=2)}
 
 
 def make_model(name, seed=0, **overrides):
     torch.manual_seed(seed)
-    options = {**SMALL_OPTIONS, **overrides}
+    options = {**SMALL_OPTIONS, **FAMILY_OPTIONS.get(name, {}), **overrides}
     if name in SINGLE_LAYER:
         options["num_layers"] = 1
     model, model_args = build_model(name, VOCAB, **options)
@@ -48,7 +50,9 @@ def assert_states_equal(a, b):
 
 
 def test_registry_lists_every_family():
-    assert available_models() == ["gru", "lstm", "mlp", "ngram", "rnn", "rnn_scratch"]
+    assert available_models() == ["gpt", "gru", "lstm", "mlp", "ngram", "rnn", "rnn_scratch"]
+    assert model_options("gpt") == {"num_layers", "num_heads", "embedding_dim", "context", "dropout",
+                                    "positions", "tie_weights", "stride"}
     assert model_options("ngram") == {"order", "smoothing", "k"}
     assert model_options("mlp") == {"context", "embedding_dim", "hidden_size", "dropout"}
     recurrent = {"hidden_size", "num_layers", "dropout", "embedding_dim", "tie_weights"}
@@ -91,6 +95,11 @@ def test_build_model_filters_options_and_reports_every_used_one():
         ("ngram", {"smoothing": "kneser"}, "did you mean 'kneser_ney'"),
         ("ngram", {"k": 0}, "k"),
         ("rnn", {"hidden_size": [8]}, "must be a bool, int"),
+        ("gpt", {"embedding_dim": None}, "needs model.embedding_dim"),
+        ("gpt", {"embedding_dim": 10, "num_heads": 4}, "divisible by num_heads"),
+        ("gpt", {"embedding_dim": 12, "num_heads": 4, "positions": "rotary"}, "even head size"),
+        ("gpt", {"embedding_dim": 8, "positions": "sinusoid"}, "learned, rotary"),
+        ("gpt", {"embedding_dim": 8, "context": 4, "stride": 5}, "at most context"),
     ],
 )
 def test_invalid_options_raise_config_error(name, options, message):

@@ -59,12 +59,12 @@ def test_same_seed_same_losses(workdir):
     assert losses(workdir / "a") != losses(workdir / "c")
 
 
-@pytest.mark.parametrize("sampling, model", [("random", "rnn"), ("sequential", "lstm")])
+@pytest.mark.parametrize("sampling, model", [("random", "rnn"), ("sequential", "lstm"), ("random", "gpt")])
 def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
-    cfg = tiny(f"data.sampling={sampling}", f"model.name={model}", "train.max_steps=16", "train.eval_every=4")
+    options = [f"data.sampling={sampling}", f"model.name={model}", "model.context=12", "model.num_heads=2"]
+    cfg = tiny(*options, "train.max_steps=16", "train.eval_every=4")
     train(cfg, run_dir="whole", handle_signals=False)
-    train(tiny(f"data.sampling={sampling}", f"model.name={model}", "train.max_steps=8", "train.eval_every=4"),
-          run_dir="split", handle_signals=False)
+    train(tiny(*options, "train.max_steps=8", "train.eval_every=4"), run_dir="split", handle_signals=False)
     result = train(cfg, run_dir="split", resume=True, handle_signals=False)
     assert result.step == 16
     assert losses(workdir / "whole") == losses(workdir / "split")
@@ -82,6 +82,16 @@ def test_resume_refuses_model_changes_and_init_from_starts_fresh(workdir):
     assert first_loss < losses(workdir / "first")[0]  # started from trained weights
     with pytest.raises(ConfigError, match="differs from the config"):
         train(tiny("model.hidden_size=32"), run_dir="third", init_from="first/last.pt", handle_signals=False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.sampling=sequential"], "model gpt does not carry state between batches; set data.sampling: random"),
+    (["model.context=8"], r"data.num_steps \(12\) is longer than model.context \(8\)"),
+])
+def test_gpt_refuses_batches_it_cannot_train_on_before_writing(workdir, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(tiny("model.name=gpt", "model.context=12", *overrides), handle_signals=False)
+    assert not (workdir / "runs" / "tiny").exists()
 
 
 def test_existing_run_needs_force(workdir):

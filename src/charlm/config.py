@@ -43,6 +43,9 @@ class ModelConfig:
     smoothing: Literal["add_k", "kneser_ney"] = "kneser_ney"
     k: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
     context: int = field(default=8, metadata=_range(1, 4096))
+    num_heads: int = field(default=4, metadata=_range(1, 1024))
+    positions: Literal["learned", "rotary"] = "learned"
+    stride: int | None = field(default=None, metadata=_range(1, 4096))
 
 
 @dataclass(frozen=True)

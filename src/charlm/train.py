@@ -258,6 +258,9 @@ class Trainer:
         self.device, self.dist, self.base, self.emit = device, dist, base, emit
         self.sampler = make_sampler(cfg.data.sampling, corpus.train, cfg.data.batch_size, cfg.data.num_steps,
                                     cfg.train.seed, dist.rank, dist.world_size)
+        check_training = getattr(model, "check_training", None)  # a model's own limits on batches
+        if check_training is not None:
+            check_training(cfg.data.num_steps, self.sampler.carries_state)
         self.optimizer = make_optimizer(model.parameters(), cfg)
         self.net = dist.wrap(model)
         if cfg.train.compile:

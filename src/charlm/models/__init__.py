@@ -109,4 +109,4 @@ def check_dropout(value: Any) -> float:
 
 
 # Imported last so their @register_model calls find the registry defined above.
-from charlm.models import mlp, ngram, recurrent, rnn_scratch  # noqa: E402, F401
+from charlm.models import gpt, mlp, ngram, recurrent, rnn_scratch  # noqa: E402, F401
