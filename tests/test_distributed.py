@@ -87,7 +87,7 @@ def test_two_processes_train_like_one_and_resume_anywhere(workdir, one_thread):
     payload = load_checkpoint(workdir / "two" / "last.pt")
     assert payload["finished"] and payload["step"] == 8 and len(payload["rng_ranks"]) == 2
     assert [tuple(s.shape) for s in payload["carried_state"]] == [(1, 4, 24)] * 2  # the global batch's rows
-    result, _ = evaluate_checkpoint(workdir / "two", device="cpu")
+    result = evaluate_checkpoint(workdir / "two", device="cpu")
     assert 1 < result.perplexity < 28
     assert len(generate_from_checkpoint(workdir / "two", prefix="the", length=5, seed=0).result.continuations[0]) == 5
 

@@ -162,12 +162,12 @@ def evaluate(
     """Score a text or the validation split: cross-entropy, bits per token, perplexity."""
     from charlm.inference import evaluate_checkpoint
 
-    result, loaded = evaluate_checkpoint(checkpoint, data, device=device)
+    result = evaluate_checkpoint(checkpoint, data, device=device)
     if as_json:
         print(json.dumps(result.to_dict()))
         return
-    unit = "char" if loaded.level == "char" else "token"
-    table = Table(title=escape(f"{loaded.checkpoint['path']} on {data}"), show_header=False, box=None)
+    unit = "char" if result.level == "char" else "token"
+    table = Table(title=escape(f"{result.checkpoint} on {data}"), show_header=False, box=None)
     for name, value in (("tokens scored", f"{result.tokens:,}"),
                         ("cross-entropy", f"{result.nats_per_token:.4f} nats/{unit}"),
                         ("", f"{result.bits_per_token:.4f} bits/{unit}"),
@@ -251,7 +251,7 @@ def score(
 
     if (text is None) == (file is None):
         raise CharLMError("give either TEXT or --file, not both or neither")
-    result, loaded = score_checkpoint(checkpoint, text, file, device=device)
+    result = score_checkpoint(checkpoint, text, file, device=device)
     if as_json:
         print(json.dumps({"tokens": result.tokens, "surprisal_bits": result.surprisal_bits,
                           "total_bits": result.total_bits, "perplexity": result.perplexity,

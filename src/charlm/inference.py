@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,19 @@ def training_ids(loaded: LoadedModel, split: str) -> np.ndarray:
     return getattr(load_corpus(folder), split)
 
 
-def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu") -> tuple[EvalResult, LoadedModel]:
+@dataclass(frozen=True)
+class CheckpointEvaluation(EvalResult):
+    """The scores of one checkpoint on one text, and what was scored (`to_dict` gives the scores)."""
+
+    checkpoint: str = ""  # the checkpoint file that was loaded
+    data: str = "val"  # "val" or the text file scored
+    level: str = "char"  # the run's tokens: char or word
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalResult)}
+
+
+def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu") -> CheckpointEvaluation:
     """Full-pass scores of the validation split (`data="val"`) or of a text file."""
     loaded = _load(checkpoint, device)
     where = _model_device(loaded)
@@ -41,14 +54,19 @@ def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu")
         ids = training_ids(loaded, "val")
         if len(ids) < 2:
             raise DataError("the run has no validation split (val_fraction 0); pass --data FILE")
-        return evaluate_ids(loaded.model, ids, device=where), loaded
+        return _described(evaluate_ids(loaded.model, ids, device=where), loaded, data)
     from charlm.data.corpus import encode_text_file
 
     with tempfile.TemporaryDirectory(prefix="charlm-eval-") as tmp:
         ids = encode_text_file(data, loaded.vocab, loaded.normalize, Path(tmp) / "ids.bin")
         if len(ids) < 2:
             raise DataError(f"{data}: evaluation needs at least 2 tokens after normalization, got {len(ids)}")
-        return evaluate_ids(loaded.model, ids, device=where), loaded
+        return _described(evaluate_ids(loaded.model, ids, device=where), loaded, str(data))
+
+
+def _described(result: EvalResult, loaded: LoadedModel, data: str) -> CheckpointEvaluation:
+    return CheckpointEvaluation(**result.to_dict(), checkpoint=str(loaded.checkpoint["path"]), data=data,
+                                level=loaded.level)
 
 
 def _model_device(loaded: LoadedModel):
@@ -110,7 +128,8 @@ MAX_SCORE_CHARS = 100_000
 
 
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
-                     device: str = "cpu") -> tuple[ScoreResult, LoadedModel]:
+                     device: str = "cpu") -> ScoreResult:
+    """Per-token surprisal of `text` (or of `file`) under the checkpoint."""
     loaded = _load(checkpoint, device)
     if file is not None:
         text = read_text(file)
@@ -118,4 +137,4 @@ def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path 
         where = f"--data {file}" if file is not None else "--data FILE"
         raise DataError(f"the text has {len(text):,} characters, more than score shows one by one "
                         f"({MAX_SCORE_CHARS:,}); for its totals use `charlm evaluate {where}`")
-    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded)), loaded
+    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded))
