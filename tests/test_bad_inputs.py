@@ -10,11 +10,13 @@ and nothing may appear.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -87,6 +89,43 @@ def remove(name: str) -> Callable[[Path], None]:
     return lambda root: (root / name).unlink()
 
 
+def retype(dtype: str) -> Callable[[Path], None]:
+    """data/small's meta.json declares `dtype`, its sizes adjusted to match the files (a careful liar)."""
+    def setup(root: Path) -> None:
+        folder = root / "data" / "small"
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        size = np.dtype(dtype).itemsize
+        for split in ("train", "val"):
+            data = (folder / f"{split}.bin").read_bytes()
+            (folder / f"{split}.bin").write_bytes(data[: len(data) // size * size])
+            meta[f"{split}_tokens"] = len(data) // size
+        (folder / "meta.json").write_text(json.dumps(meta | {"dtype": dtype}), encoding="utf-8")
+    return setup
+
+
+def edit_meta(**changes) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        path = root / "data" / "small" / "meta.json"
+        path.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8")) | changes), encoding="utf-8")
+    return setup
+
+
+def poke_id(split: str, value: int) -> Callable[[Path], None]:
+    """Overwrite one stored id (uint8: the tiny corpus has ~60 tokens)."""
+    def setup(root: Path) -> None:
+        path = root / "data" / "small" / f"{split}.bin"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] = value
+        path.write_bytes(bytes(data))
+    return setup
+
+
+def checkpoint_on_local_data(root: Path) -> None:
+    """here.pt: runs/tiny/best.pt with data_dir pointing at this workspace's data/small."""
+    payload = torch.load(root / "runs" / "tiny" / "best.pt", weights_only=True)
+    torch.save({**payload, "data_dir": str(root / "data" / "small")}, root / "here.pt")
+
+
 HUGE = 5_000_000  # bytes on one line, no newline anywhere
 BINARY = b"some text\x00\x00\x01\x02 then binary\n"
 BAD_UTF8 = b"caf\xe9 au lait\n"  # latin-1 e-acute: invalid UTF-8 at byte 3
@@ -106,6 +145,32 @@ class Case:
 def case(id: str, args: str | list[str], phrase: str, *setup, marks=()):
     return pytest.param(Case(args.split() if isinstance(args, str) else args, phrase, list(setup)), id=id,
                         marks=marks)
+
+
+ON_SMALL = "train -c tiny.yaml --set train.out=runs/new --set data.corpus=data/small"
+TAMPERED = [
+    case("train-data-dtype-object", ON_SMALL, "declares dtype 'object'", retype("object")),
+    case("train-data-dtype-bool", ON_SMALL, "declares dtype 'bool'", retype("bool")),
+    case("train-data-dtype-float", ON_SMALL, "declares dtype 'float32'", retype("float32")),
+    case("train-data-dtype-wider-than-written", ON_SMALL, "ids declared as uint16, but a vocabulary of",
+         retype("uint16")),
+    case("train-data-dtype-not-a-string", ON_SMALL, "declares dtype 7", edit_meta(dtype=7)),
+    case("train-data-tokens-as-text", ON_SMALL, "train_tokens is '100', not a whole number",
+         edit_meta(train_tokens="100")),
+    case("train-data-negative-tokens", ON_SMALL, "val_tokens is -8, not a whole number", edit_meta(val_tokens=-8)),
+    case("train-data-vocab-size-lies", ON_SMALL, "meta.json says 7 tokens but vocab.json has",
+         edit_meta(vocab_size=7)),
+    case("train-data-level-lies", ON_SMALL, "meta.json says level 'word' but vocab.json is char-level",
+         edit_meta(level="word")),
+    case("train-data-id-beyond-vocab", ON_SMALL, "train.bin holds token id 250, outside its vocabulary",
+         poke_id("train", 250)),
+    case("evaluate-data-id-beyond-vocab", "evaluate --checkpoint here.pt", "val.bin holds token id 251",
+         checkpoint_on_local_data, poke_id("val", 251)),
+    case("evaluate-data-dtype-object", "evaluate --checkpoint here.pt", "declares dtype 'object'",
+         checkpoint_on_local_data, retype("object")),
+    case("generate-novelty-data-dtype-object", "generate --checkpoint here.pt --check-novelty",
+         "declares dtype 'object'", checkpoint_on_local_data, retype("object")),
+]
 
 
 CASES = [
@@ -282,6 +347,7 @@ CASES = [
          write("binrun/metrics.jsonl", BAD_UTF8)),
     case("plot-output-is-a-folder", "plot runs/tiny", "cannot write runs/tiny/curves.png",
          remove("runs/tiny/curves.png"), folder("runs/tiny/curves.png")),
+    *TAMPERED,
 ]
 
 

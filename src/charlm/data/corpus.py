@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm import __version__
+from charlm.data import checks
 from charlm.data.text import (DEFAULT_CHUNK_BYTES, ERRORS, LEVELS, NORMALIZATIONS,
                               iter_normalized, iter_text_chunks, iter_token_lists, resolve_corpus)
 from charlm.data.ngrams import NgramCounter, summary
@@ -84,13 +85,16 @@ def load_corpus(folder: str | os.PathLike) -> PreparedCorpus:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{folder} has corpus format_version {meta.get('format_version')!r}; this "
                         f"charlm reads {FORMAT_VERSION}. Run `charlm preprocess --force` again")
-    try:
-        dtype = np.dtype(meta["dtype"])
-        sizes = int(meta["train_tokens"]), int(meta["val_tokens"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{folder / 'meta.json'} is incomplete; run `charlm preprocess --force` again") from None
+    if not all(k in meta for k in ("dtype", "train_tokens", "val_tokens")):
+        raise DataError(f"{folder / 'meta.json'} is incomplete; run `charlm preprocess --force` again")
+    # Every field is checked before numpy maps a byte: see data/checks.py.
+    dtype = checks.id_dtype(meta, folder / "meta.json")
+    sizes = [checks.token_count(meta, k, folder / "meta.json") for k in ("train_tokens", "val_tokens")]
     vocab = Vocab.load(folder / "vocab.json")
+    checks.check_vocab_matches(meta, vocab, dtype, folder)
     train, val = (_map_split(folder / f, dtype, n) for f, n in zip(("train.bin", "val.bin"), sizes))
+    for ids, name in ((train, "train.bin"), (val, "val.bin")):
+        checks.check_ids(ids, len(vocab), folder / name)
     return PreparedCorpus(vocab, meta, _read_json(folder / "stats.json"), train, val, folder)
 
 
