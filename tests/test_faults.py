@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import random
@@ -158,4 +159,8 @@ def test_nan_loss_mid_run_stops_with_one_line_and_keeps_the_last_good_checkpoint
     assert "loss became nan near step 6" in line and "runs/k/last.pt" in line
     payload = load_checkpoint(workdir / "runs" / "k" / "last.pt")
     assert payload["step"] == 4 and all(torch.isfinite(v).all() for v in payload["model"].values())
-    assert load_checkpoint(workdir / "runs" / "k" / "best.pt")["step"] in (2, 4)
+    rows = [json.loads(line) for line in (workdir / "runs" / "k" / "metrics.jsonl").read_text().splitlines()]
+    vals = {r["step"]: r["val_perplexity"] for r in rows}
+    assert sorted(vals) == [2, 4]
+    best = load_checkpoint(workdir / "runs" / "k" / "best.pt")
+    assert best["step"] == min(vals, key=vals.get) and best["best_val"] == min(vals.values())

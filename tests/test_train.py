@@ -72,6 +72,38 @@ def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_best_pt_after_resume_holds_the_best_val_perplexity(tmp_path, monkeypatch, tiny_text):
+    """Stop right after an evaluation that set a new best, resume: best.pt must still hold the best.
+
+    With lr 0.1 this trajectory sets a new best at step 6, then evaluates worse than it but better
+    than the previous best at step 12: a last.pt that kept the previous best would let step 12
+    overwrite best.pt."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text(tiny_text, encoding="utf-8")
+
+    def cfg(steps):
+        return build_config({"data": {"corpus": "corpus.txt", "normalize": "letters", "batch_size": 4, "num_steps": 12},
+                             "model": {"name": "rnn", "hidden_size": 24, "embedding_dim": 8},
+                             "optim": {"lr": 0.1}, "train": {"max_steps": steps, "eval_every": 1, "log_every": 1}},
+                            name="best")
+
+    train(cfg(12), run_dir="whole", handle_signals=False)
+    train(cfg(6), run_dir="split", handle_signals=False)
+    vals = {r["step"]: r["val_perplexity"] for r in map(json.loads, (tmp_path / "split/metrics.jsonl").open())}
+    assert vals[6] < min(vals[s] for s in range(1, 6))  # the premise: step 6 set a new best
+    assert load_checkpoint("split/last.pt")["best_val"] == vals[6]
+    train(cfg(12), run_dir="split", resume=True, handle_signals=False)
+    for run in ("whole", "split"):
+        vals = {r["step"]: r["val_perplexity"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").open())}
+        best_step = min(vals, key=vals.get)
+        best = load_checkpoint(f"{run}/best.pt")
+        assert best["step"] == best_step and best["best_val"] == vals[best_step], run
+        assert load_checkpoint(f"{run}/last.pt")["best_val"] == vals[best_step], run
+    assert losses(tmp_path / "whole") == losses(tmp_path / "split")
+    a, b = load_checkpoint("whole/best.pt"), load_checkpoint("split/best.pt")
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_resume_refuses_model_changes_and_init_from_starts_fresh(workdir):
     train(tiny(), run_dir="first", handle_signals=False)
     with pytest.raises(ConfigError, match="--resume cannot change model.hidden_size"):

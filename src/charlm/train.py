@@ -307,11 +307,16 @@ class Trainer:
                 "carried_dtypes": state_dtypes(state), "finished": finished}
 
     def save(self, val: float | None, finished: bool = False) -> None:
+        # The best is updated before the payload is built, so last.pt and best.pt both hold the
+        # best including this evaluation: a resumed run then compares against the true best.
+        is_best = val is not None and val <= (self.best_val if self.best_val is not None else math.inf)
+        if is_best:
+            self.best_val = val
         payload = self.checkpoint(finished)
         if not self.dist.is_main:
             return
         save_checkpoint(self.run_dir / "last.pt", payload)
-        if val is not None and val <= (self.best_val or math.inf):
+        if is_best:
             save_checkpoint(self.run_dir / "best.pt", payload)
 
     def validate(self) -> float | None:
@@ -424,8 +429,6 @@ class Trainer:
                     val = self.validate()
                     row["val_perplexity"] = val
                     self.save(val, finished=last)
-                    if val is not None and val <= (self.best_val or math.inf):
-                        self.best_val = val
                     clock = time.perf_counter()  # evaluation and saving do not count as training speed
                 if self.dist.is_main:
                     with metrics.open("a", encoding="utf-8") as f:
