@@ -83,3 +83,23 @@ def test_every_shipped_config_loads():
         cfg = load_config(item.name)  # by bare name, as `charlm train --config rnn` does
         assert cfg.name == item.name
         assert cfg.train.max_steps or cfg.train.epochs or cfg.train.max_time, item.path
+
+
+def test_every_shipped_config_builds_its_model_and_batches():
+    from charlm.data.batches import make_sampler
+    from charlm.models import build_model
+    from charlm.shipped import shipped_configs
+    from charlm.train import model_options
+
+    import numpy as np
+
+    configs = shipped_configs()
+    assert {"shakespeare_gpt", "shakespeare_gpt_gpu"} <= set(configs)
+    for item in configs.values():
+        cfg = load_config(item.name)
+        model, _ = build_model(cfg.model.name, 66, **model_options(cfg))  # option errors are ConfigErrors
+        check = getattr(model, "check_training", None)
+        if check is not None:
+            sampler = make_sampler(cfg.data.sampling, np.zeros(10**6, np.uint8), cfg.data.batch_size,
+                                   cfg.data.num_steps, 0)
+            check(cfg.data.num_steps, sampler.carries_state)

@@ -97,6 +97,21 @@ def test_two_processes_train_like_one_and_resume_anywhere(workdir, one_thread):
 
 
 @torchrun_flake
+def test_two_processes_train_a_gpt_like_one(workdir, one_thread):
+    # fp32: bf16 rounding, amplified over steps, would blur the comparison of the two curves.
+    raw = {**RAW, "data": {**RAW["data"], "sampling": "random"}, "train": {**RAW["train"], "precision": "fp32"},
+           "model": {"name": "gpt", "num_layers": 2, "num_heads": 2, "embedding_dim": 16, "context": 12}}
+    (workdir / "tiny.yaml").write_text(dump_yaml(build_config(raw)), encoding="utf-8")
+    one = train(build_config(raw, name="tiny"), run_dir="one", handle_signals=False)
+    rc, out, err = charlm_train(workdir, "--set", "train.out=two")
+    assert rc == 0, err
+    assert [r["loss"] for r in rows(workdir / "two")] == pytest.approx([r["loss"] for r in rows(workdir / "one")],
+                                                                      rel=1e-4)
+    assert one.step == 8 and load_checkpoint(workdir / "two" / "last.pt")["carried_state"] is None
+    assert len(generate_from_checkpoint(workdir / "two", prefix="the", length=20, seed=0).result.continuations[0]) == 20
+
+
+@torchrun_flake
 def test_sigterm_stops_every_rank_after_a_step_and_saves(workdir):
     env = {**os.environ, "CHARLM_DATA_HOME": str(workdir)}
     command = [sys.executable, "-m", "charlm", "train", "--nproc", "2", "--config", "tiny.yaml", "--set",
@@ -128,9 +143,10 @@ def test_an_error_on_rank_zero_stops_every_rank_with_its_message(workdir):
     assert err.count("run folder taken already exists") == 2 and "Connection closed" not in err
 
 
-@pytest.mark.parametrize("name, dims", [("rnn", 1), ("lstm", (1, 1)), ("rnn_scratch", 0), ("mlp", 0)])
+@pytest.mark.parametrize("name, dims", [("rnn", 1), ("lstm", (1, 1)), ("rnn_scratch", 0), ("mlp", 0),
+                                        ("gpt", (0,) * 9)])  # tokens, then k, v of 4 layers
 def test_state_batch_dims(name, dims):
-    model, _ = build_model(name, 10, hidden_size=8)
+    model, _ = build_model(name, 10, hidden_size=8, embedding_dim=8)
     assert state_batch_dims(model) == dims
 
 
