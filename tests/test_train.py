@@ -197,3 +197,28 @@ def test_counting_model_trains_by_counting(workdir):
     assert result.status == "finished" and result.step == 0
     assert 1 < result.best_val_perplexity < 28
     assert load_model("ng").model.__class__.__name__.lower().startswith("ngram")
+
+
+def test_tensorboard_mirrors_every_metrics_row(workdir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from charlm.config import load_config
+
+    cfg = load_config("tiny", ["train.tensorboard=true", "data.corpus=corpus.txt", "train.out=runs/tb"])
+    train(cfg, handle_signals=False)
+    rows = [json.loads(line) for line in (workdir / "runs/tb/metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(workdir / "runs/tb/tensorboard")).Reload()
+    for key in ("loss", "perplexity", "val_perplexity", "lr", "grad_norm", "clipped", "tokens_per_s"):
+        logged = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        assert logged, key
+        seen = [(e.step, e.value) for e in events.Scalars(key)]
+        assert [s for s, _ in seen] == [s for s, _ in logged], key
+        assert [v for _, v in seen] == pytest.approx([v for _, v in logged], rel=1e-6), key
+
+
+def test_tensorboard_off_writes_no_event_files(workdir):
+    from charlm.config import load_config
+
+    train(load_config("tiny", ["data.corpus=corpus.txt", "train.out=runs/plain"]), handle_signals=False)
+    assert not (workdir / "runs/plain/tensorboard").exists()

@@ -262,6 +262,25 @@ def score(
     print_surprisal(out, result)
 
 
+@app.command(epilog="Examples: charlm serve runs/rnn\n\ncharlm serve runs/rnn runs/lstm --port 8001")
+@friendly
+def serve(
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run folders to serve (default: every run in runs/)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback is reachable by others."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+) -> None:
+    """A local web page: generate with streamed text, per-character surprisal, training curves (needs charlm[serve])."""
+    from charlm.serve import check_port, find_runs, is_loopback, run_server
+
+    found = find_runs(list(runs or []))
+    check_port(host, port)
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine can use "
+                  "these models", highlight=False)
+    out.print(f"serving {escape(', '.join(found))} at http://{escape(host)}:{port} (Ctrl-C stops)", highlight=False)
+    run_server(found, host, port)
+
+
 configs_app = typer.Typer(help="List the shipped configs, or copy one out to edit.", no_args_is_help=False,
                           context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(configs_app, name="configs")

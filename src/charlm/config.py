@@ -75,6 +75,7 @@ class TrainConfig:
     compile: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # see charlm.precision
     amp: bool = True  # older switch: false means fp32 when precision is auto
+    tensorboard: bool = False  # also write metrics as TensorBoard scalars (needs charlm[tensorboard])
     out: str | None = None
 
 

@@ -54,6 +54,8 @@ class ScoreResult:
     total_bits: float
     perplexity: float
     unknown: int
+    # With score_text(top=k): per token, the model's k likeliest tokens there as (token, bits).
+    alternatives: list[list[tuple[str, float]] | None] | None = None
 
 
 def _perplexity(nats_per_token: float) -> float:
@@ -88,7 +90,7 @@ def _count(ids: torch.Tensor, unk_id: int | None) -> int:
 
 
 def _scored_chunks(model, ids, vocab_size: int, chunk_len: int, device, reduction: str):
-    """Yield (loss, targets) per chunk: targets ids[s+1 : s+L+1] scored from inputs ids[s : s+L].
+    """Yield (loss, targets, logits) per chunk: targets ids[s+1 : s+L+1] scored from inputs ids[s : s+L].
 
     The state carries from chunk to chunk, so the losses equal one pass over the whole text
     while only (1, L, V) logits exist at a time.
@@ -107,7 +109,7 @@ def _scored_chunks(model, ids, vocab_size: int, chunk_len: int, device, reductio
         x, y = chunk[:-1], chunk[1:]  # (L,), (L,)
         logits, state = model(x[None], state)  # (1, L, V)
         # float32 within a chunk; the callers accumulate chunks in float64.
-        yield F.cross_entropy(logits[0].float(), y, reduction=reduction), y
+        yield F.cross_entropy(logits[0].float(), y, reduction=reduction), y, logits[0]
 
 
 def evaluate_ids(
@@ -132,7 +134,7 @@ def evaluate_ids(
     unknown = _count(_as_long(ids[:1], device), unk_id)  # the unscored first token counts too
     with eval_mode(model), torch.inference_mode():
         vocab_size = _vocab_size(model, device)
-        for loss, targets in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
+        for loss, targets, _ in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
             total += float(loss)
             unknown += _count(targets, unk_id)
     scored = len(ids) - 1
@@ -177,18 +179,28 @@ def score_text(
     *,
     chunk_len: int = DEFAULT_CHUNK_LEN,
     device: str | torch.device = "cpu",
+    top: int = 0,
 ) -> ScoreResult:
-    """Surprisal of every token given its history; same pass and numbers as evaluate_text."""
+    """Surprisal of every token given its history; same pass and numbers as evaluate_text.
+
+    `top=k` also lists, for every scored token, the k tokens the model found likeliest there.
+    """
     tokens, ids = _text_ids(vocab, text, normalize)
     _check_length(len(ids))
     device = torch.device(device)
     nats: list[float] = []
+    alternatives: list[list[tuple[str, float]] | None] = [None]
     unknown = int(ids[0] == 0)
     with eval_mode(model), torch.inference_mode():
         vocab_size = _vocab_size(model, device)
-        for loss, targets in _scored_chunks(model, ids, vocab_size, chunk_len, device, "none"):
+        for loss, targets, logits in _scored_chunks(model, ids, vocab_size, chunk_len, device, "none"):
             nats.extend(loss.tolist())
             unknown += _count(targets, 0)
+            if top:
+                bits = -torch.log_softmax(logits.float(), -1) / LN2  # (L, V)
+                best, where = bits.topk(min(top, vocab_size), dim=-1, largest=False)
+                alternatives.extend([(vocab.decode([i]), b) for i, b in zip(row_ids, row_bits)]
+                                    for row_ids, row_bits in zip(where.tolist(), best.tolist()))
     total_nats = math.fsum(nats)
     return ScoreResult(
         tokens=tokens,
@@ -196,4 +208,5 @@ def score_text(
         total_bits=total_nats / LN2,
         perplexity=_perplexity(total_nats / len(nats)),
         unknown=unknown,
+        alternatives=alternatives if top else None,
     )

@@ -21,6 +21,9 @@ from charlm.sampling import validate_sampling
 
 
 def _load(checkpoint, device: str) -> LoadedModel:
+    """A checkpoint path (or None: the latest run), or a model loaded already (kept on its device)."""
+    if isinstance(checkpoint, LoadedModel):
+        return checkpoint
     return load_model(checkpoint, device=resolve_device(device))
 
 
@@ -128,8 +131,8 @@ MAX_SCORE_CHARS = 100_000
 
 
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
-                     device: str = "cpu") -> ScoreResult:
-    """Per-token surprisal of `text` (or of `file`) under the checkpoint."""
+                     device: str = "cpu", top: int = 0) -> ScoreResult:
+    """Per-token surprisal of `text` (or of `file`) under the checkpoint (`top`: see score_text)."""
     loaded = _load(checkpoint, device)
     if file is not None:
         text = read_text(file)
@@ -137,4 +140,4 @@ def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path 
         where = f"--data {file}" if file is not None else "--data FILE"
         raise DataError(f"the text has {len(text):,} characters, more than score shows one by one "
                         f"({MAX_SCORE_CHARS:,}); for its totals use `charlm evaluate {where}`")
-    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded))
+    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded), top=top)

@@ -27,6 +27,7 @@ from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_ids
 from charlm.models import build_model, detach_state, model_class
 from charlm.precision import cast_state, resolve_precision, state_dtypes, to_float32
+from charlm.tensorboard import TensorBoardLog, require_tensorboard
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -193,6 +194,8 @@ def _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signal
     t = cfg.train
     if not (t.max_steps or t.epochs or t.max_time) and getattr(model_class(cfg.model.name), "trainable", True):
         raise ConfigError("set train.epochs, train.max_steps or train.max_time, or training never stops")
+    if t.tensorboard:
+        require_tensorboard()
     # Rank 0 preprocesses if needed; the others then load what it wrote.
     corpus: PreparedCorpus = dist.main_first(lambda: prepare_for_training(cfg.data))
     vocab = corpus.vocab
@@ -244,6 +247,10 @@ def _fit_counting_model(cfg, model, corpus, run_dir, device, base, emit, main=Tr
     save_checkpoint(run_dir / "best.pt", payload)
     row = {"step": 0, "epoch": 0, "val_perplexity": val, "elapsed": elapsed, "tokens_per_s": result.tokens_per_s}
     (run_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    if cfg.train.tensorboard:
+        board = TensorBoardLog(run_dir)
+        board.write(row)
+        board.close()
     emit("eval", row)
     record_latest_run(run_dir)
     emit("end", {"result": result})
@@ -379,6 +386,7 @@ class Trainer:
         window_start, status, val = time.perf_counter(), "finished", None
         clock = time.perf_counter()
         metrics = self.run_dir / "metrics.jsonl"
+        board = TensorBoardLog(self.run_dir) if t.tensorboard and self.dist.is_main else None
         batches = self.sampler.epoch(self.epoch, self.batch)
         # Only `stopping` ends the loop once it runs: ranks' clocks differ, so max_time must be agreed.
         more = (total is None or self.step < total) and (t.max_time is None or self.elapsed < t.max_time)
@@ -433,12 +441,16 @@ class Trainer:
                 if self.dist.is_main:
                     with metrics.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")
+                    if board is not None:
+                        board.write(row)
                 self.emit("log", row)
                 window_loss, window_clipped, window_steps = torch.zeros((), device=self.device), 0, 0
                 window_start = time.perf_counter()
             if stopping:
                 status = "finished" if last else "interrupted"
                 break
+        if board is not None:
+            board.close()
         result = TrainResult(self.run_dir, status, self.step, self.best_val, val, self.elapsed,
                              self.step * tokens_per_step / max(self.elapsed, 1e-9))
         if self.dist.is_main:

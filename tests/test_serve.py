@@ -1,0 +1,138 @@
+"""Tests for charlm.serve: the JSON API answers like the CLI, and bad requests get one 4xx line."""
+
+import json
+import shutil
+import socket
+
+import pytest
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from charlm.config import load_config  # noqa: E402
+from charlm.errors import CharLMError  # noqa: E402
+from charlm.inference import generate_from_checkpoint, score_checkpoint  # noqa: E402
+from charlm.serve import MAX_BODY_BYTES, check_port, create_app, find_runs, is_loopback  # noqa: E402
+from charlm.train import train  # noqa: E402
+from cli_helpers import invoke, one_error_line  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    cfg = load_config("tiny", [f"train.out={root / 'runs' / 'tiny'}", f"data.corpus={root / 'tm.txt'}",
+                                "data.normalize=none", "generate.prefix=The"])
+    from charlm.data.text import builtin_path
+
+    (root / "tm.txt").write_text(builtin_path("timemachine").read_text(encoding="utf-8")[:20000])
+    return train(cfg).run_dir
+
+
+@pytest.fixture
+def client(run_dir, tmp_path):
+    copy = tmp_path / "tiny"
+    shutil.copytree(run_dir, copy)
+    with TestClient(create_app(find_runs([copy]))) as c:
+        c.run_folder = copy
+        yield c
+
+
+def events(response) -> list[tuple[str, dict]]:
+    out = []
+    for block in response.text.strip().split("\n\n"):
+        kind, data = block.split("\n")
+        out.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out
+
+
+def test_streamed_generation_is_the_cli_text_for_the_same_seed(client):
+    response = client.post("/api/generate", json={"prefix": "The Time", "length": 40, "seed": 7})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    stream = events(response)
+    assert stream[0] == ("prefix", {"text": "The Time"})
+    tokens = [d["text"] for k, d in stream if k == "token"]
+    assert len(tokens) == 40 and stream[-1][0] == "done"
+    expected = generate_from_checkpoint(client.run_folder, prefix="The Time", length=40, seed=7).result
+    assert "".join(tokens) == expected.continuations[0] == stream[-1][1]["continuation"]
+    plain = client.post("/api/generate", json={"prefix": "The Time", "length": 40, "seed": 7, "stream": False})
+    assert plain.json()["text"] == "The Time" + expected.continuations[0]
+
+
+def test_score_totals_equal_charlm_score_and_alternatives_are_the_likeliest(client):
+    text = "The Time Traveller smiled"
+    result = client.post("/api/score", json={"text": text}).json()
+    expected = score_checkpoint(client.run_folder, text)
+    assert result["tokens"] == expected.tokens and result["surprisal_bits"] == expected.surprisal_bits
+    assert result["total_bits"] == expected.total_bits and result["perplexity"] == expected.perplexity
+    assert result["alternatives"][0] is None
+    for token, bits, top in zip(result["tokens"][1:], result["surprisal_bits"][1:], result["alternatives"][1:]):
+        assert len(top) == 5 and [b for _, b in top] == sorted(b for _, b in top)
+        assert top[0][1] <= bits + 1e-5  # nothing is likelier than the likeliest
+        if token in [t for t, _ in top]:
+            assert dict(top)[token] == pytest.approx(bits, abs=1e-4)
+
+
+def test_runs_list_each_run_with_its_config_and_best_logged_validation(client):
+    runs = client.get("/api/runs").json()["runs"]
+    assert [r["name"] for r in runs] == ["tiny"] and runs[0]["config"]["model"]["name"] == "rnn"
+    detail = client.get("/api/runs/tiny").json()
+    vals = [m["val_perplexity"] for m in detail["metrics"] if m.get("val_perplexity") is not None]
+    assert vals and detail["best_val_perplexity"] == min(vals) and detail["steps"] == 20
+
+
+@pytest.mark.parametrize("body, status, phrase", [
+    ({"prefix": "the \u2603"}, 400, "not in the vocabulary"),
+    ({"length": 10 ** 9}, 400, "length must be between 1 and 10000"),
+    ({"length": "ten"}, 400, "length must be int"),
+    ({"temperature": True}, 400, "temperature must be"),
+    ({"strategy": "nucleus"}, 400, "nucleus"),
+    ({"run": "nope"}, 404, "unknown run 'nope'; runs: tiny"),
+    ({"stream": "yes"}, 400, "stream must be true or false"),
+], ids=["unknown-chars", "huge-length", "length-type", "bool-temperature", "strategy", "run", "stream"])
+def test_bad_generate_requests_get_one_4xx_line_and_the_server_keeps_serving(client, body, status, phrase):
+    response = client.post("/api/generate", json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"} and phrase in response.json()["error"]
+    assert "\n" not in response.json()["error"]
+    assert client.post("/api/generate", json={"length": 3, "stream": False}).status_code == 200
+
+
+def test_oversized_and_malformed_bodies_are_refused(client):
+    big = client.post("/api/score", content=b'{"text": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}',
+                      headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "over 1,048,576 bytes" in big.json()["error"]
+    assert client.post("/api/score", content=b"{not json").json() == {"error": "the request body is not JSON"}
+    assert client.post("/api/score", json=["a"]).status_code == 400
+    assert client.post("/api/score", json={"text": ""}).json()["error"] == "give the text to score"
+    long_text = client.post("/api/score", json={"text": "a" * 200_000})
+    assert long_text.status_code == 400 and "charlm evaluate" in long_text.json()["error"]
+
+
+def test_a_vanished_run_folder_is_a_404_not_a_500(client):
+    shutil.rmtree(client.run_folder)
+    for response in (client.post("/api/score", json={"text": "the"}), client.get("/api/runs/tiny"),
+                     client.post("/api/generate", json={"length": 3})):
+        assert response.status_code == 404 and "is gone" in response.json()["error"]
+    assert client.get("/api/runs").json() == {"runs": []}
+
+
+def test_the_page_and_its_assets_are_served_offline(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        body = client.get(asset).text
+        assert client.get(asset).status_code == 200 and "https://" not in body and "http://" not in body
+
+
+def test_only_loopback_counts_as_local():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+
+
+def test_a_busy_port_and_a_folder_that_is_no_run_are_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(CharLMError, match=r"cannot listen on 127.0.0.1:\d+ .*pass another --port"):
+            check_port("127.0.0.1", busy.getsockname()[1])
+    assert "is not a run folder" in one_error_line(invoke("serve", str(tmp_path)))
