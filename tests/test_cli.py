@@ -30,15 +30,16 @@ def trained(workdir):
     return workdir
 
 
-def test_version_and_help_are_fast_and_torch_free():
-    code = ("import sys, time; t = time.perf_counter(); sys.argv = ['charlm', '--help']\n"
+def test_version_and_help_never_import_torch():
+    # torch's import is what makes a command slow to answer (~1 s); wall-clock bounds flake on a
+    # busy machine, so the test checks the cause, not a time.
+    code = ("import sys; sys.argv = ['charlm', '--help']\n"
             "from charlm.cli import app\n"
             "try: app()\n"
             "except SystemExit: pass\n"
-            "print('torch' in sys.modules, time.perf_counter() - t, file=sys.stderr)")
+            "print('torch' in sys.modules, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    imported, seconds = done.stderr.split()[-2:]
-    assert imported == "False" and float(seconds) < 0.3
+    assert done.stderr.split()[-1] == "False"
     assert "preprocess" in done.stdout and "generate" in done.stdout
     assert "charlm 0.1.0" in invoke("--version").output
     for command in ("preprocess", "train", "evaluate", "generate", "score", "plot"):
