@@ -6,6 +6,9 @@ import pytest
 # The test models are tiny: one thread per process is faster than two and, on a busy 2-core
 # machine, far steadier (OpenMP threads spin-wait on each other). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# cuBLAS is deterministic on one stream only with a fixed workspace; tests/test_cuda.py's exact
+# resume relies on it. Read when CUDA starts, so it is set before torch is imported; harmless on a CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 # The suite stands on the repository alone: a user's own corpora folder must not leak in.
 os.environ.pop("CHARLM_DATA_HOME", None)
 

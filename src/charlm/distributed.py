@@ -48,6 +48,9 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device: unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name} does not exist; this machine has {torch.cuda.device_count()} "
+                          "CUDA GPU(s), cuda:0 to cuda:N-1")
     return device
 
 
@@ -193,9 +196,9 @@ class Dist:
             return state.chunk(self.world_size, dim=dims)[self.rank].clone()
         return tuple(self.shard_state(s, d) for s, d in zip(state, dims))
 
-    def gather_rng(self) -> list[torch.Tensor]:
-        """Every rank's CPU torch RNG state, so a resume with the same world size is exact."""
-        rng = torch.get_rng_state()
+    def gather_rng(self, rng: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every rank's RNG state (the CPU generator's unless given), so a resume with the same world size is exact."""
+        rng = torch.get_rng_state() if rng is None else rng
         if not self.active:
             return [rng]
         local = rng.to(self._collective_device())

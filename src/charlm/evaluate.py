@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from charlm.data.text import normalize as normalize_text
 from charlm.data.text import tokenize
 from charlm.errors import DataError
+from charlm.precision import exact_fp32
 
 DEFAULT_CHUNK_LEN = 512  # (1, 512, V) logits: small for characters, ~100 MB at V = 50k words
 LN2 = math.log(2.0)
@@ -132,7 +133,7 @@ def evaluate_ids(
     device = torch.device(device)
     total = 0.0  # python floats are float64
     unknown = _count(_as_long(ids[:1], device), unk_id)  # the unscored first token counts too
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device):
         vocab_size = _vocab_size(model, device)
         for loss, targets, _ in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
             total += float(loss)
@@ -191,7 +192,7 @@ def score_text(
     nats: list[float] = []
     alternatives: list[list[tuple[str, float]] | None] = [None]
     unknown = int(ids[0] == 0)
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device):
         vocab_size = _vocab_size(model, device)
         for loss, targets, logits in _scored_chunks(model, ids, vocab_size, chunk_len, device, "none"):
             nats.extend(loss.tolist())

@@ -11,6 +11,7 @@ from charlm.data.text import normalize as normalize_text
 from charlm.data.text import tokenize
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import eval_mode
+from charlm.precision import exact_fp32
 from charlm.sampling import get_strategy, validate_sampling
 
 UNK_ID = 0  # Vocab puts <unk> at id 0
@@ -134,7 +135,7 @@ def generate(
     pieces = [vocab.decode([i]) for i in range(len(vocab))] if on_token is not None else []
 
     if length > 0:
-        with eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
             if P:
                 warm = buf[:, :P].contiguous()  # (B, P)
             else:

@@ -8,7 +8,7 @@ support it, on CPUs where oneDNN reports native bf16 (AVX512-BF16 or AMX), fp32 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -97,3 +97,45 @@ def cast_state(state, dtypes):
     if isinstance(state, torch.Tensor):
         return state.to(getattr(torch, dtypes))
     return tuple(cast_state(s, d) for s, d in zip(state, dtypes))
+
+
+def run_rnn(rnn: torch.nn.RNNBase, inputs: torch.Tensor, state):
+    """`rnn(inputs, state)`, kept out of bf16 autocast on CUDA.
+
+    torch's autocast wrapper for cuDNN RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp) casts to fp16
+    whatever dtype autocast was asked for, since cuDNN has no bf16 RNN kernels here; fp16
+    gradients without loss scaling underflow. Under bf16 the recurrent layers therefore run in
+    fp32 on CUDA (cuDNN uses TF32 tensor cores for them by default) and the rest in bf16.
+    """
+    if inputs.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+        with torch.autocast("cuda", enabled=False):
+            return rnn(inputs.float(), to_float32(state))
+    return rnn(inputs, state)
+
+
+@contextmanager
+def exact_fp32(device: torch.device | str):
+    """IEEE fp32 for cuDNN's recurrent layers inside the block (no TF32), on CUDA only.
+
+    cuDNN runs fp32 RNNs on TF32 tensor cores by default (10-bit mantissa), which moves a
+    perplexity by ~1e-3 relative; evaluation and generation switch it off so that a checkpoint
+    scores and generates the same on a GPU as on a CPU.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):  # torch >= 2.9
+        before = rnn.fp32_precision
+        rnn.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            rnn.fp32_precision = before
+        return
+    before = torch.backends.cudnn.allow_tf32  # older torch: one flag for cuDNN
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

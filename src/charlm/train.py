@@ -296,6 +296,11 @@ class Trainer:
         torch.set_rng_state(rngs[self.dist.rank] if rngs and len(rngs) == self.dist.world_size else payload["rng"])
         if self.dist.active and not (rngs and len(rngs) == self.dist.world_size):
             self.dist.seed(self.cfg.train.seed + self.step)  # another world size: fresh, distinct streams
+        # Dropout on a GPU draws from the device's own generator: without its state a resumed
+        # run would draw other masks. A checkpoint from another device or world size keeps the seed's.
+        cuda_rngs = payload.get("cuda_rng_ranks")
+        if self.device.type == "cuda" and cuda_rngs and len(cuda_rngs) == self.dist.world_size:
+            torch.cuda.set_rng_state(cuda_rngs[self.dist.rank], self.device)
         # The checkpoint holds the global batch's state, so any world size can take its rows.
         state = self.dist.shard_state(payload.get("carried_state"), self.state_dims)
         # Stored as fp32; back to the dtype the forward pass produced it in (bf16 under autocast).
@@ -307,6 +312,8 @@ class Trainer:
         state = self.dist.gather_state(self.state, self.state_dims)  # rows in rank order = the global batch
         rngs = self.dist.gather_rng()
         extra = {"rng_ranks": rngs} if self.dist.active else {}
+        if self.device.type == "cuda":
+            extra["cuda_rng_ranks"] = self.dist.gather_rng(torch.cuda.get_rng_state(self.device))
         return {**self.base, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "config": self.cfg.to_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "elapsed": self.elapsed, "best_val": self.best_val, "rng": rngs[0], **extra,
@@ -338,7 +345,7 @@ class Trainer:
         return self.dist.evaluate(self.model, val_ids, self.device)
 
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._upload(xb), self._upload(yb)
+        x, y = self._upload(xb, yb)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         state = self.state if self.sampler.carries_state else None
@@ -355,12 +362,14 @@ class Trainer:
             self.state = detach_state(state)
         return loss.detach(), grad_norm.detach()
 
-    def _upload(self, array: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(array.astype(np.int64))
+    def _upload(self, xb: np.ndarray, yb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.from_numpy(np.stack((xb, yb)).astype(np.int64))  # (2, B, T): one copy, not two
         if self.device.type == "cuda":
-            # From pageable memory the copy is synchronous; pinned, it overlaps the running step.
+            # From pageable memory the copy is synchronous; pinned, it overlaps the running step
+            # (the caching host allocator keeps the pinned block until the copy has run).
             batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, non_blocking=True)
+        return batch[0], batch[1]
 
     def draw_curves(self) -> None:
         from charlm.plot import MATPLOTLIB_HINT, have_matplotlib, plot_run
@@ -423,6 +432,9 @@ class Trainer:
             evaluate_now = self.step % t.eval_every == 0 or stopping
             if self.step % t.log_every == 0 or evaluate_now:
                 mean_loss = self.dist.mean(window_loss / window_steps).item()  # the one host sync
+                # On a GPU `now` was taken when the window's steps were queued; after the sync
+                # they have run, so the window's speed is measured from here.
+                synced = time.perf_counter()
                 if not math.isfinite(mean_loss):
                     self.emit("diverged", {"step": self.step})
                     raise TrainingDiverged(f"loss became {mean_loss} near step {self.step}; training stopped, "
@@ -430,7 +442,7 @@ class Trainer:
                                            "(try a lower optim.lr or optim.grad_clip)")
                 row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "perplexity": math.exp(mean_loss),
                        "lr": lr, "grad_norm": float(grad_norm), "clipped": int(window_clipped),
-                       "tokens_per_s": window_steps * tokens_per_step / max(now - window_start, 1e-9),
+                       "tokens_per_s": window_steps * tokens_per_step / max(synced - window_start, 1e-9),
                        "elapsed": self.elapsed}
                 row["progress"], row["bound_by"] = run_progress(self.step, self.elapsed, cfg, total)
                 if evaluate_now:

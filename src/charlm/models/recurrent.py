@@ -8,6 +8,7 @@ from torch import nn
 
 from charlm.errors import ConfigError
 from charlm.models import check_dropout, check_positive_int, register_model
+from charlm.precision import run_rnn
 
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -82,7 +83,7 @@ class RecurrentLM(nn.Module):
             state = self.init_state(ids.shape[0], ids.device)
         if ids.shape[1] == 1 and not self.training:
             return self._step(ids, state)
-        outputs, state = self.rnn(self._inputs(ids), state)  # (B, T, H)
+        outputs, state = run_rnn(self.rnn, self._inputs(ids), state)  # (B, T, H); fp32 under bf16 on CUDA
         return self.decoder(self.dropout(outputs)), state
 
     # --- one character at a time, for generation -------------------------------------------
