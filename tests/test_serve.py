@@ -88,7 +88,8 @@ def test_runs_list_each_run_with_its_config_and_best_logged_validation(client):
     ({"strategy": "nucleus"}, 400, "nucleus"),
     ({"run": "nope"}, 404, "unknown run 'nope'; runs: tiny"),
     ({"stream": "yes"}, 400, "stream must be true or false"),
-], ids=["unknown-chars", "huge-length", "length-type", "bool-temperature", "strategy", "run", "stream"])
+    ({"lenght": 5}, 400, "unknown field 'lenght'; did you mean 'length'?"),
+], ids=["unknown-chars", "huge-length", "length-type", "bool-temperature", "strategy", "run", "stream", "typo"])
 def test_bad_generate_requests_get_one_4xx_line_and_the_server_keeps_serving(client, body, status, phrase):
     response = client.post("/api/generate", json=body)
     assert response.status_code == status, response.text
@@ -104,6 +105,7 @@ def test_oversized_and_malformed_bodies_are_refused(client):
     assert client.post("/api/score", content=b"{not json").json() == {"error": "the request body is not JSON"}
     assert client.post("/api/score", json=["a"]).status_code == 400
     assert client.post("/api/score", json={"text": ""}).json()["error"] == "give the text to score"
+    assert "unknown field 'txt'; did you mean 'text'?" in client.post("/api/score", json={"txt": "ab"}).json()["error"]
     long_text = client.post("/api/score", json={"text": "a" * 200_000})
     assert long_text.status_code == 400 and "charlm evaluate" in long_text.json()["error"]
 

@@ -7,6 +7,7 @@ charlm's library (charlm.inference), so the page gives the same text and figures
 from __future__ import annotations
 
 import asyncio
+import difflib
 import ipaddress
 import json
 import math
@@ -118,6 +119,19 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+GENERATE_FIELDS = ("run", "prefix", "strategy", "temperature", "top_k", "top_p", "length", "seed", "stop", "stream")
+SCORE_FIELDS = ("run", "text")
+
+
+def _only(body: dict, fields: tuple[str, ...]) -> None:
+    """A misspelt field is an error naming the closest one, never silently ignored."""
+    for key in body:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise BadRequest(f"unknown field {key!r}{hint} (fields: {', '.join(fields)})")
+
+
 def _field(body: dict, key: str, kind: type | tuple, default=None, lo=None, hi=None):
     value = body.get(key, default)
     if value is None:
@@ -157,6 +171,7 @@ def create_app(runs: dict[str, Path]) -> Starlette:
         from charlm.inference import score_checkpoint
 
         body = await _body(request)
+        _only(body, SCORE_FIELDS)
         text = _field(body, "text", str)
         if not text:
             raise BadRequest("give the text to score")
@@ -174,6 +189,7 @@ def create_app(runs: dict[str, Path]) -> Starlette:
 
     async def generate(request):
         body = await _body(request)
+        _only(body, GENERATE_FIELDS)
         options = dict(prefix=_field(body, "prefix", str), strategy=_field(body, "strategy", str),
                        temperature=_field(body, "temperature", (int, float), lo=0, hi=100),
                        top_k=_field(body, "top_k", int, lo=1, hi=1 << 20),

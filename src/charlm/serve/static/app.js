@@ -42,6 +42,9 @@ async function generate() {
   $("go").disabled = true; $("stop").disabled = false;
   const body = {run: $("run").value, length: numberOrNull("length"), seed: numberOrNull("seed"),
                 temperature: numberOrNull("temperature"), top_k: numberOrNull("top_k"), top_p: numberOrNull("top_p")};
+  // No seed given: draw one here. The server's own 64-bit seeds lose digits as JavaScript numbers,
+  // so the seed shown could not repeat the text; one below 2^32 stays exact.
+  if (body.seed === null) body.seed = Math.floor(Math.random() * 2 ** 32);
   if ($("prefix").value !== "") body.prefix = $("prefix").value;
   if ($("strategy").value) body.strategy = $("strategy").value;
   try {
