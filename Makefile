@@ -13,6 +13,7 @@ demo: $(BIN)/charlm
 	$(BIN)/charlm generate --prefix "time traveller" --length 200
 
 test: $(BIN)/charlm
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/charlm

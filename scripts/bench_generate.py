@@ -122,14 +122,15 @@ def main() -> None:
         print(header)
         for batch in (1, 64):
             for length in args.lengths:
-                run = lambda: generate(model, vocab, PREFIX, length=length, temperature=0.8,
-                                       num_samples=batch, seed=0)
+                def run(model=model, length=length, batch=batch):
+                    return generate(model, vocab, PREFIX, length=length, temperature=0.8, num_samples=batch, seed=0)
+
                 run()  # warm-up: allocator, lazy init
                 secs = best_time(run, args.repeats, clock)
                 rate = batch * length / secs
                 naive_cell, ratio_cell = "", ""
                 if batch == 1 and length in args.naive_lengths:
-                    naive_secs = best_time(lambda: naive(model, vocab, length, 0), 1, clock)
+                    naive_secs = best_time(lambda m=model, n=length: naive(m, vocab, n, 0), 1, clock)
                     naive_cell = f"{length / naive_secs:,.0f}"
                     ratio_cell = f"{naive_secs / secs:.1f}x"
                 loop = secs / length * 1e6

@@ -127,7 +127,8 @@ def main() -> None:
                     print(f"# wrote {size} corpus in {time.perf_counter() - made:.1f}s", file=sys.stderr)
                 r = train_child(work, corpus, sampling, args.steps, args.threads)
                 base = base or r
-                print(f"{size:>7} {sampling:>10} {r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] / base['peak_rss_mb']:>6.2f} "
+                rss_ratio = r['peak_rss_mb'] / base['peak_rss_mb']
+                print(f"{size:>7} {sampling:>10} {r['peak_rss_mb']:>12.0f} {rss_ratio:>6.2f} "
                       f"{r['peak_anon_mb']:>13.0f} {r['peak_anon_mb'] / base['peak_anon_mb']:>6.2f} "
                       f"{r['tokens_per_s']:>9,.0f} {r['tokens_per_s'] / base['tokens_per_s']:>6.2f} "
                       f"{r['wall_s']:>7.1f}", flush=True)

@@ -101,7 +101,8 @@ def test_train_generate_evaluate_score(trained):
 def test_generate_rejects_unknown_characters_and_bad_sampling(trained):
     bad = invoke("generate", "--prefix", "time 42")
     assert bad.exit_code == 0  # letters normalization turns digits into spaces: nothing unknown
-    for args, message in ((["--temperature", "-1"], "temperature"), (["--strategy", "top_p", "--top-p", "1.5"], "top_p"),
+    for args, message in ((["--temperature", "-1"], "temperature"),
+                          (["--strategy", "top_p", "--top-p", "1.5"], "top_p"),
                           (["--strategy", "top_k", "--top-k", "0"], "top_k"), (["--strategy", "beam"], "beam")):
         result = invoke("generate", *args)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
@@ -118,7 +119,8 @@ def test_interrupt_then_resume_through_the_cli(trained):
 
 
 def test_sigterm_saves_and_exits_0(workdir):
-    (workdir / "long.yaml").write_text((workdir / "tiny.yaml").read_text().replace("max_steps: 10", "max_steps: 100000"))
+    long = (workdir / "tiny.yaml").read_text().replace("max_steps: 10", "max_steps: 100000")
+    (workdir / "long.yaml").write_text(long)
     proc = subprocess.Popen([sys.executable, "-m", "charlm", "train", "--config", "long.yaml", "--quiet"],
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "runs" / "long" / "metrics.jsonl"

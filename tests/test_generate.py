@@ -82,7 +82,10 @@ def test_model_runs_in_eval_and_inference_mode_and_gets_its_mode_back():
 
 def test_same_seed_same_text_other_seed_other_text():
     vocab = char_vocab()
-    run = lambda seed: generate(PositionModel(1.0), vocab, "ab", length=60, num_samples=2, seed=seed)
+
+    def run(seed):
+        return generate(PositionModel(1.0), vocab, "ab", length=60, num_samples=2, seed=seed)
+
     first, again, other = run(7), run(7), run(8)
     assert first.continuations == again.continuations and first.seed == 7
     assert first.continuations != other.continuations

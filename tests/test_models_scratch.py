@@ -39,7 +39,7 @@ def test_scratch_equals_nn_rnn_logits_and_gradients(embedding_dim):
     torch.testing.assert_close(scratch_h, rnn_h[0], atol=1e-5, rtol=1e-5)
     assert scratch_logits.abs().max() > 0.1  # not trivially equal
 
-    for model, logits in ((scratch, scratch_logits), (rnn, rnn_logits)):
+    for logits in (scratch_logits, rnn_logits):
         F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1)).backward()
     grads = {
         "W_xh": (scratch.W_xh.grad, rnn.rnn.weight_ih_l0.grad.T),

@@ -41,7 +41,8 @@ def test_a_run_writes_everything_and_learns(workdir):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
-    assert {"step", "epoch", "loss", "perplexity", "lr", "grad_norm", "clipped", "tokens_per_s", "elapsed"} <= set(rows[0])
+    keys = {"step", "epoch", "loss", "perplexity", "lr", "grad_norm", "clipped", "tokens_per_s", "elapsed"}
+    assert keys <= set(rows[0])
     assert [r["step"] for r in rows if "val_perplexity" in r] == [6, 12]
     assert rows[-1]["loss"] < rows[0]["loss"] < math.log(28) + 0.5
     assert math.isclose(rows[0]["perplexity"], math.exp(rows[0]["loss"]))

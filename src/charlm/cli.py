@@ -104,7 +104,8 @@ def preprocess(
                     "charlm train --resume runs/rnn --set train.max_steps=4000")
 @friendly
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: a file, or a shipped config's name (see `charlm configs`)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML config: a file, or a shipped config's name (see `charlm configs`)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=0.001 (repeatable)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from last.pt."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights, fresh optimizer."),
@@ -183,7 +184,8 @@ def evaluate(
 @friendly
 def generate(
     prefix: Optional[str] = typer.Option(None, help="Text that warms the state (default: the config's)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Run folder or checkpoint file; default: the most recent run."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Run folder or checkpoint file; default: the most recent run."),
     length: Optional[int] = typer.Option(None, help="Tokens to generate."),
     strategy: Optional[str] = typer.Option(None, help="greedy, sample, top_k or top_p."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0 means greedy."),
@@ -242,7 +244,8 @@ def generate(
 def score(
     text: Optional[str] = typer.Argument(None, help="Text to score (or use --file)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Score this text file instead."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Run folder or checkpoint file; default: the most recent run."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Run folder or checkpoint file; default: the most recent run."),
     as_json: bool = typer.Option(False, "--json", help="Print per-token surprisal as JSON."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
@@ -286,7 +289,8 @@ configs_app = typer.Typer(help="List the shipped configs, or copy one out to edi
 app.add_typer(configs_app, name="configs")
 
 
-@configs_app.callback(invoke_without_command=True, epilog="Examples: charlm configs\n\ncharlm configs copy lstm my_lstm.yaml")
+@configs_app.callback(invoke_without_command=True,
+                      epilog="Examples: charlm configs\n\ncharlm configs copy lstm my_lstm.yaml")
 @friendly
 def configs(ctx: typer.Context) -> None:
     """List the configs shipped with charlm; `charlm train --config NAME` runs one."""

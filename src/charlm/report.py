@@ -144,7 +144,8 @@ def print_surprisal(console: Console, result) -> None:
 
     text = Text()
     for token, bits in zip(result.tokens, result.surprisal_bits):
-        text.append(token, style=_surprisal_style(bits) + (" underline" if token.isspace() and bits and bits >= 4 else ""))
+        underline = " underline" if token.isspace() and bits and bits >= 4 else ""
+        text.append(token, style=_surprisal_style(bits) + underline)
     console.print(text)
     legend = Text("surprisal: ")
     low = 0.0
