@@ -17,7 +17,8 @@ def require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'charlm[tensorboard]'") from None
+        raise ConfigError("train.tensorboard needs the tensorboard package: "
+                          "pip install 'charlm[tensorboard]'") from None
 
 
 class TensorBoardLog:
