@@ -147,7 +147,7 @@ def throughput(check, work: Path, compiled_only: bool):
     table = check.figures.setdefault("throughput", {})
     seconds = 0.0 if check.args.dry_run else check.args.seconds
     modes = [("bf16+compile", "bf16", True)] if compiled_only else [("fp32", "fp32", False), ("bf16", "bf16", False)]
-    for name, item in shipped_configs().items():
+    for name in shipped_configs():
         cfg = check.config(name)
         if cfg.model.name not in RECURRENT or (check.args.dry_run and name not in DRY_CONFIGS):
             continue
@@ -296,7 +296,8 @@ def generation(check):
             generate(model, corpus.vocab, "ROMEO:", length=length, num_samples=batch, seed=0, device=check.device)
             check.sync()
             row[f"generate_b{batch}_chars_s"] = round(batch * length / (time.perf_counter() - start))
-            row[f"greedy_step_b{batch}"] = greedy_block_rates(check, model, batch, unroll=4 if check.args.dry_run else 32)
+            unroll = 4 if check.args.dry_run else 32
+            row[f"greedy_step_b{batch}"] = greedy_block_rates(check, model, batch, unroll=unroll)
             print(f"  {name:22} batch {batch:4}: {row[f'generate_b{batch}_chars_s']:,} chars/s (generate, sample); "
                   f"greedy steps {row[f'greedy_step_b{batch}']}", flush=True)
         check.save()
