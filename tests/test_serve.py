@@ -138,3 +138,28 @@ def test_a_busy_port_and_a_folder_that_is_no_run_are_one_line(tmp_path):
         with pytest.raises(CharLMError, match=r"cannot listen on 127.0.0.1:\d+ .*pass another --port"):
             check_port("127.0.0.1", busy.getsockname()[1])
     assert "is not a run folder" in one_error_line(invoke("serve", str(tmp_path)))
+
+
+def test_concurrent_requests_from_several_tabs_share_one_loaded_model(client, monkeypatch):
+    import charlm.checkpoint
+    from concurrent.futures import ThreadPoolExecutor
+
+    loads = []
+    real_load = charlm.checkpoint.load_model
+    monkeypatch.setattr(charlm.checkpoint, "load_model", lambda file: loads.append(file) or real_load(file))
+    expected = {seed: generate_from_checkpoint(client.run_folder, prefix="The", length=30, seed=seed).result
+                for seed in range(6)}
+
+    def tab(seed):
+        if seed % 2:
+            return client.post("/api/score", json={"text": "The Time"}).json()["total_bits"]
+        return client.post("/api/generate", json={"prefix": "The", "length": 30, "seed": seed, "stream": False})
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(tab, range(6)))
+    for seed, answer in enumerate(answers):
+        if seed % 2:
+            assert answer == score_checkpoint(client.run_folder, "The Time").total_bits
+        else:
+            assert answer.json()["text"] == "The" + expected[seed].continuations[0]
+    assert len(loads) == 1
