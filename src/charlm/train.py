@@ -22,7 +22,7 @@ from charlm.checkpoint import load_checkpoint, record_latest_run, save_checkpoin
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.batches import make_sampler
 from charlm.data.corpus import PreparedCorpus
-from charlm.data.prepare import prepare_for_training
+from charlm.data.prepare import folder_settings, prepare_for_training
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_ids
 from charlm.models import build_model, detach_state, model_class
@@ -197,7 +197,10 @@ def _train(cfg, dist, run_dir, resume, force, init_from, on_event, handle_signal
     if t.tensorboard:
         require_tensorboard()
     # Rank 0 preprocesses if needed; the others then load what it wrote.
-    corpus: PreparedCorpus = dist.main_first(lambda: prepare_for_training(cfg.data))
+    corpus: PreparedCorpus = dist.main_first(
+        lambda: prepare_for_training(cfg.data, on_note=lambda message: emit("note", {"message": message}),
+                                     resume_from=payload and payload.get("data_dir")))
+    cfg = cfg.replace("data", **folder_settings(cfg.data, corpus))  # config.yaml says what it trained on
     vocab = corpus.vocab
     device = resolve_device(cfg.train.device) if dist.world_size == 1 else dist.device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)

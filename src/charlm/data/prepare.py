@@ -1,45 +1,119 @@
-"""Find or make the preprocessed folder a training config asks for."""
+"""Find or make the preprocessed folder a training config asks for.
+
+A folder is reused only for the text it was made from: meta.json records the source's resolved
+path, size and sha256, and all three must match the file as it is now. Otherwise (another file of
+the same name, an edited file, a folder too old to record its source) the text is preprocessed
+into the next free candidate folder, with a note; the old folder is left alone, since runs made
+from it may still evaluate on it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from charlm.data.corpus import PreparedCorpus, folder_name, is_prepared, load_corpus, preprocess
-from charlm.data.text import BUILTIN_DATASETS
+from charlm.data.text import BUILTIN_DATASETS, resolve_corpus, sha256_file
 from charlm.errors import DataError
 
-
-def _matches(folder: Path, data_cfg) -> bool:
-    meta = load_corpus(folder).meta
-    return all(meta.get(k) == getattr(data_cfg, k) for k in ("level", "normalize", "val_fraction", "min_freq"))
+SETTINGS = ("level", "normalize", "val_fraction", "min_freq")
 
 
-def candidate_dirs(data_cfg, root: Path = Path("data")) -> list[Path]:
-    """`data/<name>` as `charlm preprocess` writes it, then a name that records the settings."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What a data folder must record to be reused for a text: where it is, its size, its hash."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, corpus: str) -> "Source":
+        path = resolve_corpus(corpus).resolve()
+        return cls(str(path), path.stat().st_size, sha256_file(path))
+
+    def recorded_in(self, meta: dict) -> bool:
+        return (meta.get("source"), meta.get("source_bytes"), meta.get("source_sha256")) == (
+            self.path, self.size, self.sha256)
+
+
+def candidate_dirs(data_cfg, root: Path = Path("data"), source: Source | None = None) -> list[Path]:
+    """`data/<name>` as `charlm preprocess` writes it, then a name that records the settings, then
+    (given the source) that name plus the start of the text's sha256, for another text of that name."""
     name = data_cfg.corpus if data_cfg.corpus in BUILTIN_DATASETS else folder_name(data_cfg.corpus)
     tagged = f"{name}-{data_cfg.level}-{data_cfg.normalize}-v{data_cfg.val_fraction:g}-m{data_cfg.min_freq}"
-    return [root / name, root / tagged]
+    dirs = [root / name, root / tagged]
+    if source is not None:
+        dirs.append(root / f"{tagged}-{source.sha256[:10]}")
+    return dirs
 
 
-def prepare_for_training(data_cfg) -> PreparedCorpus:
-    """A preprocessed folder is used as is; a text file or dataset name is preprocessed once and reused."""
-    source = Path(data_cfg.corpus)
-    if source.is_dir():
-        if not is_prepared(source):
-            raise DataError(f"data.corpus: {source} is a folder but not a preprocessed corpus "
-                            "(make one with `charlm preprocess FILE --out FOLDER`)")
-        corpus = load_corpus(source)
-        for key in ("level", "normalize"):
-            if corpus.meta.get(key) != getattr(data_cfg, key):
-                raise DataError(f"data.{key} is '{getattr(data_cfg, key)}' but {source} was preprocessed with "
-                                f"{key} '{corpus.meta.get(key)}'")
-        return corpus
-    for folder in candidate_dirs(data_cfg):
-        if is_prepared(folder) and _matches(folder, data_cfg):
-            return load_corpus(folder)
-    free = next((f for f in candidate_dirs(data_cfg) if not f.exists()), None)
+def prepare_for_training(data_cfg, on_note: Callable[[str], None] | None = None,
+                         resume_from: str | Path | None = None) -> PreparedCorpus:
+    """A preprocessed folder is used as is; a text file or dataset name is preprocessed once and
+    reused while the file stays the same (see the module docstring). `resume_from` is the folder a
+    resumed run trained on: it is kept, so the run goes on with the text it started with."""
+    note = on_note or (lambda message: None)
+    if Path(data_cfg.corpus).is_dir():
+        return _named_folder(Path(data_cfg.corpus), data_cfg)
+    if resume_from is not None and _settings_match(_meta(Path(resume_from)), data_cfg):
+        return load_corpus(resume_from)
+    source = Source.of(data_cfg.corpus)
+    dirs = candidate_dirs(data_cfg, source=source)
+    stale = []
+    for folder in dirs:
+        meta = _meta(folder)
+        if _settings_match(meta, data_cfg):
+            if source.recorded_in(meta):
+                return load_corpus(folder)
+            stale.append((folder, meta))
+    free = next((f for f in dirs if not f.exists()), None)
     if free is None:
-        raise DataError(f"data folders {', '.join(map(str, candidate_dirs(data_cfg)))} exist with other settings; "
+        raise DataError(f"data folders {', '.join(map(str, dirs))} exist for other texts or settings; "
                         "remove one or point data.corpus at a preprocessed folder")
-    return preprocess(data_cfg.corpus, free, level=data_cfg.level, normalize=data_cfg.normalize,
-                      val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq)
+    for folder, meta in stale:  # never reused and never replaced: a run made from it may still need it
+        recorded = meta.get("source")
+        why = ("records no source file" if not isinstance(recorded, str)
+               else "was made from an earlier version of this file" if recorded == source.path
+               else f"was made from {recorded}")
+        note(f"{folder} {why}; preprocessing {source.path} into {free}")
+    return _preprocess(data_cfg, free, force=False)
+
+
+def _named_folder(folder: Path, data_cfg) -> PreparedCorpus:
+    if not is_prepared(folder):
+        raise DataError(f"data.corpus: {folder} is a folder but not a preprocessed corpus "
+                        "(make one with `charlm preprocess FILE --out FOLDER`)")
+    corpus = load_corpus(folder)
+    defaults = type(data_cfg)()
+    for key in ("level", "normalize"):
+        # The folder decides; a config that leaves the default need not repeat it (see folder_settings).
+        if getattr(data_cfg, key) not in (corpus.meta.get(key), getattr(defaults, key)):
+            raise DataError(f"data.{key} is '{getattr(data_cfg, key)}' but {folder} was preprocessed with "
+                            f"{key} '{corpus.meta.get(key)}'")
+    return corpus
+
+
+def folder_settings(data_cfg, corpus: PreparedCorpus) -> dict:
+    """The data settings the folder was preprocessed with, where they differ from `data_cfg`: the
+    run's config.yaml must record them (generation normalizes a prefix the way the text was)."""
+    return {k: corpus.meta[k] for k in SETTINGS if k in corpus.meta and corpus.meta[k] != getattr(data_cfg, k)}
+
+
+def _settings_match(meta: dict | None, data_cfg) -> bool:
+    return meta is not None and all(meta.get(k) == getattr(data_cfg, k) for k in SETTINGS)
+
+
+def _meta(folder: Path) -> dict | None:
+    """meta.json of a prepared folder, or None; only the folder chosen is loaded (and checked) whole."""
+    if not is_prepared(folder):
+        return None
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return meta if isinstance(meta, dict) else None
+
+
+def _preprocess(data_cfg, folder: Path, force: bool) -> PreparedCorpus:
+    return preprocess(data_cfg.corpus, folder, level=data_cfg.level, normalize=data_cfg.normalize,
+                      val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq, force=force)
