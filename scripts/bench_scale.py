@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.config import build_config, dump_yaml
-from charlm.data.corpus import FORMAT_VERSION
+from charlm.data.corpus import write_corpus
 from charlm.data.vocab import Vocab
 
 UNITS = {"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -43,23 +43,16 @@ def parse_size(text: str) -> int:
 
 def make_corpus(folder: Path, n_tokens: int, val_fraction: float = 0.1, seed: int = 0) -> None:
     """A folder as `charlm preprocess` writes it, filled with uniform random ids, chunk by chunk."""
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     n_val = int(n_tokens * val_fraction)
-    sizes = {"train": n_tokens - n_val, "val": n_val}
-    for split, n in sizes.items():
-        with open(folder / f"{split}.bin", "wb") as f:
-            for start in range(0, n, CHUNK):
-                rng.integers(1, len(TOKENS), min(CHUNK, n - start), dtype=np.uint8).tofile(f)
-    Vocab(TOKENS, [0] + [n_tokens // (len(TOKENS) - 1)] * (len(TOKENS) - 1)).save(folder / "vocab.json")
-    meta = {"format_version": FORMAT_VERSION, "name": folder.name, "source": "bench_scale (random ids)",
-            "level": "char", "normalize": "letters", "errors": "strict", "val_fraction": val_fraction,
-            "min_freq": 1, "dtype": "uint8", "vocab_size": len(TOKENS), "train_tokens": sizes["train"],
-            "val_tokens": sizes["val"], "train_unknown": 0, "val_unknown": 0}
-    stats = {"tokens": n_tokens, "train_tokens": sizes["train"], "val_tokens": sizes["val"],
-             "vocab_size": len(TOKENS)}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    (folder / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+
+    def chunks(n: int):
+        for start in range(0, n, CHUNK):
+            yield rng.integers(1, len(TOKENS), min(CHUNK, n - start), dtype=np.uint8)
+
+    vocab = Vocab(TOKENS, [0] + [n_tokens // (len(TOKENS) - 1)] * (len(TOKENS) - 1))
+    write_corpus(folder, vocab, chunks(n_tokens - n_val), chunks(n_val), source="bench_scale (random ids)",
+                 normalize="letters", val_fraction=val_fraction)
 
 
 def rss_anon_kb(pid: int) -> int:

@@ -69,6 +69,23 @@ def test_preprocess_prints_statistics(workdir):
     assert stats.exit_code == 0 and not (workdir / "data" / "corpus").exists()
 
 
+def test_preprocess_letters_warns_when_most_of_the_text_became_spaces(workdir):
+    (workdir / "ru.txt").write_text("Мой дядя самых честных правил (Pushkin)\n" * 50, encoding="utf-8")
+    result = invoke("preprocess", "ru.txt", "--normalize", "letters", "--stats-only")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "became spaces" in warning[0] and "--normalize lower" in warning[0]
+    assert "warning" not in invoke("preprocess", "corpus.txt", "--normalize", "letters", "--stats-only").output
+    assert "only a-z" in " ".join(invoke("preprocess", "--help").output.split())
+
+
+def test_preprocess_says_which_tokens_min_freq_sent_to_unk(workdir):
+    (workdir / "rare.txt").write_text("aaabbbx" * 2 + "abxq", encoding="utf-8")
+    result = invoke("preprocess", "rare.txt", "--min-freq", "3", "--val-fraction", str(4 / 18), "--stats-only")
+    assert "validation tokens unseen in training, mapped to <unk>: 1 ('q')" in result.output
+    assert "validation tokens seen fewer than --min-freq 3 times in training, mapped to <unk>: 1 ('x')" in result.output
+
+
 def test_train_generate_evaluate_score(trained):
     run = trained / "runs" / "tiny"
     assert (run / "best.pt").is_file() and (run / "curves.png").is_file()

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charlm.data import corpus as corpus_module
+from charlm.data import encode as encode_module
 from charlm.data import ngrams as ngrams_module
 from charlm.data.corpus import FORMAT_VERSION, is_prepared, load_corpus, preprocess
 from charlm.data.ngrams import zipf_slope
@@ -268,7 +269,7 @@ def test_interrupt_removes_the_temporary_folder(tmp_path, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(corpus_module, "summary", interrupted)
+    monkeypatch.setattr(encode_module, "summary", interrupted)
     with pytest.raises(KeyboardInterrupt):
         preprocess(write(tmp_path / "t.txt", "abc"), tmp_path / "new" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
@@ -327,3 +328,102 @@ def test_huge_vocabularies_count_bigrams_only():
     summaries = counter.summaries(tokens)
     assert list(summaries) == [2]
     assert summaries[2]["top"] == [{"tokens": ["t5", "t7"], "count": 2}, {"tokens": ["t7", "t5"], "count": 1}]
+
+
+# ---------------------------------------------------------------- what went to <unk>, and why
+
+def test_rare_tokens_are_not_called_unseen(tmp_path):
+    # 'x' occurs twice in training (below min_freq 3) and once in validation; 'q' only in validation.
+    source = write(tmp_path / "t.txt", "aaabbbx" * 2 + "abxq")
+    corpus = preprocess(source, tmp_path / "out", val_fraction=4 / 18, min_freq=3)
+    assert (corpus.stats["val_unseen"], corpus.stats["val_unknown_tokens"]) == (1, ["q"])
+    assert (corpus.stats["val_rare"], corpus.stats["val_rare_tokens"]) == (1, ["x"])
+    assert corpus.stats["val_unknown"] == 2
+
+
+def test_letters_says_how_much_of_a_non_latin_text_became_spaces(tmp_path):
+    from charlm.data.encode import letters_warning
+
+    russian = write(tmp_path / "ru.txt", "Мой дядя самых честных правил, когда не в шутку занемог (Pushkin)\n" * 20)
+    stats = preprocess(russian, stats_only=True, normalize="letters").stats
+    assert stats["letters_kept"] == {"letters": 7 * 20, "characters": 66 * 20}
+    warning = letters_warning(stats)
+    assert "kept 140 of 1,320 characters as letters a-z; the other 89% became spaces" in warning
+    assert "--normalize lower" in warning
+    english = write(tmp_path / "en.txt", "The Time Traveller (for so it will be convenient to speak of him)\n" * 20)
+    assert letters_warning(preprocess(english, stats_only=True, normalize="letters").stats) is None
+    assert letters_warning(preprocess(russian, stats_only=True, normalize="lower").stats) is None
+
+
+# ---------------------------------------------------------------- a corpus from ids already made
+
+def test_write_corpus_makes_a_folder_load_corpus_reads(tmp_path):
+    from charlm.data.corpus import write_corpus
+
+    vocab = Vocab([UNK, " ", "a", "b"], [0, 5, 5, 5])
+    chunks = [np.array([1, 2, 3] * 100, np.int64), np.array([2, 2], np.int64)]
+    corpus = write_corpus(tmp_path / "ids", vocab, iter(chunks), [np.array([3, 1], np.int64)], source="made up")
+    assert corpus.train.dtype == np.uint8 and corpus.train.tolist() == [1, 2, 3] * 100 + [2, 2]
+    assert corpus.val.tolist() == [3, 1] and is_prepared(tmp_path / "ids")
+    meta = corpus.meta
+    assert (meta["source"], meta["train_tokens"], meta["val_tokens"], meta["vocab_size"]) == ("made up", 302, 2, 4)
+    assert meta["val_fraction"] == pytest.approx(2 / 304) and meta["format_version"] == FORMAT_VERSION
+    with pytest.raises(DataError, match="already exists"):
+        write_corpus(tmp_path / "ids", vocab, [], [], source="again")
+    with pytest.raises(DataError, match="outside its vocabulary"):  # checked on the way back in
+        write_corpus(tmp_path / "bad", vocab, [np.array([1, 9])], [], source="bad ids")
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- leftovers of a killed preprocess
+
+KILLED = """
+import os, signal, sys
+from charlm.data.corpus import preprocess
+def die(phase, done, total):
+    if phase == "encode":
+        os.kill(os.getpid(), signal.SIGKILL)
+preprocess(sys.argv[1], sys.argv[2], chunk_bytes=1000, on_progress=die)
+"""
+
+
+def test_a_killed_preprocess_leaves_a_temp_folder_the_next_run_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    source = write(tmp_path / "t.txt", "abcdefgh" * 2000)
+    out = tmp_path / "data" / "t"
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(source), str(out)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(leftovers(tmp_path / "data")) == 1 and not out.exists()  # kill -9 cleans nothing
+    preprocess(source, tmp_path / "data" / "other")
+    assert leftovers(tmp_path / "data") == []
+
+
+def test_a_live_writers_temp_folder_is_left_alone(tmp_path):
+    from charlm.data import folders
+
+    live = folders.temp_name(tmp_path / "busy")
+    live.mkdir()
+    (live / "train.bin").write_bytes(b"\x01")
+    child = subprocess_sleeping()
+    try:
+        other = Path(str(live).replace(f"-{os.getpid()}-", f"-{child.pid}-"))
+        live.rename(other)
+        user = tmp_path / f".mine.tmp-{folders._HOST}-{2 ** 22 + 12345}-0123abcd"  # dead pid, but not our files
+        user.mkdir()
+        (user / "notes.txt").write_text("mine")
+        assert folders.remove_stale_temps(tmp_path) == []
+        assert other.is_dir() and user.is_dir()
+    finally:
+        child.kill()
+        child.wait()
+    assert folders.remove_stale_temps(tmp_path) == [other]
+
+
+def subprocess_sleeping():
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -109,9 +109,15 @@ def print_corpus_stats(console: Console, result, written: bool) -> None:
                   f"(normalize={meta['normalize']}), train {stats['train_tokens']:,} / val {stats['val_tokens']:,}, "
                   f"vocabulary {stats['vocab_size']:,} (with <unk>)", highlight=False)
     if stats.get("val_unknown"):
-        shown = ", ".join(repr(t) for t in stats.get("val_unknown_tokens", [])[:10])
-        console.print(f"validation tokens unseen in training, mapped to <unk>: {stats['val_unknown']:,} ({shown})",
-                      highlight=False, markup=False)
+        # Folders from before val_unseen/val_rare were counted say only how many went to <unk>.
+        unseen, rare = stats.get("val_unseen", stats["val_unknown"]), stats.get("val_rare", 0)
+        for count, key, what in ((unseen, "val_unknown_tokens", "unseen in training"),
+                                 (rare, "val_rare_tokens", f"seen fewer than --min-freq {meta.get('min_freq')} "
+                                                           "times in training")):
+            if count:
+                shown = ", ".join(repr(t) for t in stats.get(key, [])[:10])
+                console.print(f"validation tokens {what}, mapped to <unk>: {count:,} ({shown})",
+                              highlight=False, markup=False)
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for order in ("unigrams", "bigrams", "trigrams"):
         table.add_column(f"top {order}", no_wrap=True)

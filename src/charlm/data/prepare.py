@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from charlm.data.corpus import PreparedCorpus, folder_name, is_prepared, load_corpus, preprocess
+from charlm.data.encode import letters_warning
+from charlm.data.folders import remove_stale_temps
 from charlm.data.text import BUILTIN_DATASETS, resolve_corpus, sha256_file
 from charlm.errors import DataError
 
@@ -62,6 +64,7 @@ def prepare_for_training(data_cfg, on_note: Callable[[str], None] | None = None,
         return load_corpus(resume_from)
     source = Source.of(data_cfg.corpus)
     dirs = candidate_dirs(data_cfg, source=source)
+    remove_stale_temps(dirs[0].parent)  # a preprocess killed last time; preprocess does it too, if it runs
     stale = []
     for folder in dirs:
         meta = _meta(folder)
@@ -79,7 +82,7 @@ def prepare_for_training(data_cfg, on_note: Callable[[str], None] | None = None,
                else "was made from an earlier version of this file" if recorded == source.path
                else f"was made from {recorded}")
         note(f"{folder} {why}; preprocessing {source.path} into {free}")
-    return _preprocess(data_cfg, free, force=False)
+    return _preprocess(data_cfg, free, note)
 
 
 def _named_folder(folder: Path, data_cfg) -> PreparedCorpus:
@@ -114,6 +117,9 @@ def _meta(folder: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _preprocess(data_cfg, folder: Path, force: bool) -> PreparedCorpus:
-    return preprocess(data_cfg.corpus, folder, level=data_cfg.level, normalize=data_cfg.normalize,
-                      val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq, force=force)
+def _preprocess(data_cfg, folder: Path, note: Callable[[str], None]) -> PreparedCorpus:
+    corpus = preprocess(data_cfg.corpus, folder, level=data_cfg.level, normalize=data_cfg.normalize,
+                        val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq)
+    if warning := letters_warning(corpus.stats):
+        note(warning.replace("--normalize", "data.normalize:"))
+    return corpus
