@@ -116,3 +116,11 @@ def test_a_named_folder_still_refuses_a_contradicting_setting(ws):
     preprocess("a/book.txt", "prepared", normalize="letters")
     with pytest.raises(DataError, match="data.normalize is 'lower' but prepared was preprocessed with normalize"):
         prepare_for_training(data_cfg("prepared", normalize="lower"))
+
+
+def test_the_same_text_moved_elsewhere_keeps_its_folder(ws):
+    first = prepare_for_training(data_cfg("a/book.txt"))
+    (ws / "a").rename(ws / "moved")
+    notes = []
+    assert prepare_for_training(data_cfg("moved/book.txt"), on_note=notes.append).folder == first.folder
+    assert notes == []

@@ -1,7 +1,8 @@
 """Find or make the preprocessed folder a training config asks for.
 
 A folder is reused only for the text it was made from: meta.json records the source's resolved
-path, size and sha256, and all three must match the file as it is now. Otherwise (another file of
+path, size and sha256, and the size and sha256 must match the file as it is now (the path is only
+reported: the same text copied or moved elsewhere is the same corpus). Otherwise (another file of
 the same name, an edited file, a folder too old to record its source) the text is preprocessed
 into the next free candidate folder, with a note; the old folder is left alone, since runs made
 from it may still evaluate on it.
@@ -37,8 +38,8 @@ class Source:
         return cls(str(path), path.stat().st_size, sha256_file(path))
 
     def recorded_in(self, meta: dict) -> bool:
-        return (meta.get("source"), meta.get("source_bytes"), meta.get("source_sha256")) == (
-            self.path, self.size, self.sha256)
+        # The content decides, not the path: a project copied or moved elsewhere keeps its folders.
+        return (meta.get("source_bytes"), meta.get("source_sha256")) == (self.size, self.sha256)
 
 
 def candidate_dirs(data_cfg, root: Path = Path("data"), source: Source | None = None) -> list[Path]:
