@@ -90,7 +90,7 @@ def charlm_rate(name, options, vocab, batch, steps, seconds, device, folder: Pat
     torch.manual_seed(0)
     model, args = build_model(name, vocab, **options)
     corpus = SimpleNamespace(train=ids, val=ids[:0], vocab=list(range(vocab)))
-    trainer = Trainer(cfg, model.to(device), corpus, folder, device, Dist(), {}, lambda *a: None)
+    trainer = Trainer(cfg, model.to(device), corpus, folder, device, Dist())
     batches = iter(())
 
     def step():

@@ -119,7 +119,7 @@ def bare_rate(check, cfg, vocab_size, precision, seconds, compiled=False) -> flo
 
 
 def charlm_rate(check, cfg, corpus, seconds, run_dir) -> float:
-    """charlm's own loop (Trainer.run: sampler, upload, clipping, schedule, logging syncs) after two windows."""
+    """charlm's own loop (Trainer.fit: sampler, upload, clipping, schedule, logging syncs) after two windows."""
     cfg = cfg.replace("train", max_steps=10**9, max_time=None, eval_every=10**9, eval_tokens=200,
                       log_every=2 if check.args.dry_run else 25)
     torch.manual_seed(0)
@@ -133,10 +133,10 @@ def charlm_rate(check, cfg, corpus, seconds, run_dir) -> float:
             if len(rows) > 2 and rows[-1]["elapsed"] - rows[2]["elapsed"] >= seconds:
                 stop.set()
 
-    trainer = Trainer(cfg, model, corpus, Path(run_dir), check.device, Dist(), {}, on_event)
-    trainer.draw_curves = lambda: None  # a plot per case would cost more than the case
+    trainer = Trainer(cfg, model, corpus, Path(run_dir), check.device, Dist(), on_event)
+    trainer.folder.finish = lambda *args, **kwargs: None  # a plot per case would cost more than the case
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    trainer.run(stop)
+    trainer.fit(stop)
     first, last = rows[2], rows[-1]
     tokens = (last["step"] - first["step"]) * cfg.data.batch_size * cfg.data.num_steps
     return tokens / max(last["elapsed"] - first["elapsed"], 1e-9)

@@ -2,6 +2,7 @@ import json
 import math
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -148,16 +149,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(workdir, monkeypatch):
     assert checkpoint["step"] == 6 and all(torch.isfinite(v).all() for v in checkpoint["model"].values())
 
 
-def test_sigint_saves_and_resumes(workdir):
+def test_stop_event_saves_and_resumes(workdir):
+    stop = threading.Event()
+
     def on_event(kind, info):
         if kind == "log" and info["step"] == 4:
-            os.kill(os.getpid(), signal.SIGINT)
+            stop.set()
 
-    result = train(tiny(), run_dir="sig", on_event=on_event)
-    # the signal arrived after step 4 was logged: step 5 is finished, saved, and the run stops
+    result = train(tiny(), run_dir="sig", on_event=on_event, stop=stop)
+    # asked to stop after step 4 was logged: step 5 is finished, saved, and the run stops
     assert result.status == "interrupted" and result.step == 5
     assert load_checkpoint("sig/last.pt")["step"] == 5
-    assert train(tiny(), run_dir="sig", resume=True, handle_signals=False).step == 12
+    assert train(tiny(), run_dir="sig", resume=True).step == 12
+
+
+def test_a_python_callers_sigint_stays_its_own_unless_handed_over(workdir):
+    seen = []
+
+    def on_event(kind, info):
+        if kind == "log" and info["step"] == 4:
+            seen.append(signal.getsignal(signal.SIGINT))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), run_dir="own", on_event=on_event)
+    assert seen == [signal.default_int_handler]
+    result = train(tiny(), run_dir="handed", on_event=on_event, handle_signals=True)
+    assert result.status == "interrupted" and result.step == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(workdir, monkeypatch):
@@ -198,6 +217,8 @@ def test_counting_model_trains_by_counting(workdir):
     assert result.status == "finished" and result.step == 0
     assert 1 < result.best_val_perplexity < 28
     assert load_model("ng").model.__class__.__name__.lower().startswith("ngram")
+    summary = json.loads((workdir / "ng" / "summary.json").read_text())  # the same ending as a trained run
+    assert summary["status"] == "finished" and summary["val_perplexity"] == result.best_val_perplexity
 
 
 def test_tensorboard_mirrors_every_metrics_row(workdir):

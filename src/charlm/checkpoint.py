@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from charlm import __version__
 from charlm.config import RunConfig, config_from_dict
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError, CheckpointError
@@ -18,6 +19,53 @@ from charlm.errors import CharLMError, CheckpointError
 FORMAT_VERSION = 1
 LATEST_POINTER = Path("runs") / "LATEST"
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the model it describes, and where training stood, enough to resume exactly.
+
+    Built in one place (`Trainer.train_state`), written by `save_checkpoint`, read back by
+    `from_payload`. A counting model has no optimizer and no RNG to carry.
+    """
+
+    model_name: str
+    model_args: dict[str, Any]
+    vocab: dict[str, Any]  # Vocab.to_dict()
+    config: dict[str, Any]  # RunConfig.to_dict()
+    model: dict[str, torch.Tensor]  # state_dict
+    data_dir: str = ""
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # the next batch of `epoch`
+    elapsed: float = 0.0  # seconds of training, also the schedule's clock
+    best_val: float | None = None
+    finished: bool = False
+    optimizer: dict[str, Any] | None = None
+    rng: torch.Tensor | None = None  # the CPU generator (rank 0's)
+    rng_ranks: list[torch.Tensor] | None = None  # every rank's, in a distributed run
+    cuda_rng_ranks: list[torch.Tensor] | None = None  # every rank's CUDA generator, on a GPU
+    carried_state: Any = None  # the global batch's carried state, fp32 on the CPU
+    carried_dtypes: Any = None  # what the forward pass produced it in
+    charlm_version: str = __version__
+
+    # Absent from a checkpoint rather than stored as None, as checkpoints have always been written.
+    _OMITTED_WHEN_NONE = ("optimizer", "rng", "rng_ranks", "cuda_rng_ranks")
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in payload.items() if not (v is None and k in self._OMITTED_WHEN_NONE)}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TrainState:
+        """The fields of a loaded checkpoint; keys it lacks take their defaults (older checkpoints)."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in payload.items() if k in known})
+        except TypeError:
+            missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in payload]
+            raise CheckpointError(f"{payload.get('path', 'checkpoint')} is not a charlm training checkpoint "
+                                  f"(it lacks {', '.join(missing)})") from None
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -135,12 +135,14 @@ def train(
 
         raise typer.Exit(launch(nproc, sys.argv[1:]))
     from charlm.report import TrainingDisplay
+    from charlm.runtime import stop_on_signals
     from charlm.train import train as run_training
 
     display = TrainingDisplay(out, quiet=quiet)
-    with display:
+    # Ctrl-C or SIGTERM: the run stops after the current step, saved and resumable.
+    with display, stop_on_signals() as stop:
         result = run_training(cfg, resume=resume is not None, force=force, init_from=init_from,
-                              on_event=display.on_event)
+                              on_event=display.on_event, stop=stop)
     from charlm.distributed import is_main_process
 
     if is_main_process():

@@ -12,14 +12,12 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from charlm.errors import CharLMError, ConfigError
+from charlm.errors import CharLMError
+from charlm.runtime import available_cores, local_rank, set_threads
+from charlm.runtime import resolve_device  # noqa: F401  (its old home; inference.py imports it from here)
 
 # `charlm train --nproc` tells its workers where to leave their pids, so it can signal them directly.
 PID_DIR_ENV = "CHARLM_WORKER_PIDS"
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def launched_by_torchrun() -> bool:
@@ -29,29 +27,6 @@ def launched_by_torchrun() -> bool:
 def is_main_process() -> bool:
     """Rank 0, or not distributed: usable before `setup`, e.g. to keep other ranks' CLI quiet."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available (use auto or cpu)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device: {name} does not exist; this machine has {torch.cuda.device_count()} "
-                          "CUDA GPU(s), cuda:0 to cuda:N-1")
-    return device
 
 
 def state_batch_dims(model: torch.nn.Module):
@@ -106,15 +81,6 @@ class Dist:
             raise error
         return result if self.is_main else fn()
 
-    def device(self, name: str) -> torch.device:
-        if name in ("auto", "cuda") and torch.cuda.is_available():
-            device = torch.device("cuda", local_rank())
-            torch.cuda.set_device(device)
-            return device
-        if name not in ("auto", "cpu"):
-            raise ConfigError(f"train.device: '{name}' is not supported in a distributed run (use auto, cpu or cuda)")
-        return torch.device("cpu")
-
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.active:
             return model
@@ -122,11 +88,6 @@ class Dist:
 
         device_ids = [local_rank()] if next(model.parameters()).is_cuda else None
         return DistributedDataParallel(model, device_ids=device_ids)
-
-    def seed(self, seed: int) -> None:
-        """Give each rank its own torch RNG stream, so dropout masks differ between ranks' rows."""
-        if self.active:
-            torch.manual_seed(int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0]))
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:
@@ -151,10 +112,6 @@ class Dist:
         t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return float(t.item())
-
-    def any_stop(self, flag: bool) -> bool:
-        """True on every rank when any rank was asked to stop, so all stop after the same step."""
-        return self.agree(flag)[0]
 
     def evaluate(self, model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> float:
         """Validation perplexity; each rank scores one contiguous share and the NLL sums are reduced.
@@ -214,19 +171,12 @@ class Dist:
             torch_dist.destroy_process_group()
 
 
-def _set_threads() -> None:
-    # torchrun exports OMP_NUM_THREADS=1 when it is unset, which idles most cores on a big
-    # machine; any other value is the user's choice and is kept.
-    if os.environ.get("OMP_NUM_THREADS", "1") == "1":
-        torch.set_num_threads(max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-
-
 def setup(device: str = "auto") -> Dist:
     """Join the torchrun job if there is one: nccl on CUDA, gloo on CPU."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Dist()
     if not torch_dist.is_initialized():
-        _set_threads()
+        set_threads()
         if device in ("auto", "cuda") and torch.cuda.is_available():
             # Binding the GPU before init keeps NCCL barriers off GPU 0 on every rank.
             gpu = torch.device("cuda", local_rank())

@@ -1,0 +1,293 @@
+"""The training loop's named steps: a train step, a logged window, evaluate-and-save; `Trainer.fit` runs them."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm.checkpoint import TrainState
+from charlm.config import RunConfig
+from charlm.data.batches import make_sampler
+from charlm.distributed import Dist, state_batch_dims
+from charlm.errors import CharLMError
+from charlm.models import detach_state
+from charlm.precision import resolve_precision
+from charlm.resume import capture_streams, restore_streams
+from charlm.rundir import RunDir
+from charlm.schedule import lr_factor, make_optimizer, run_progress
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+class TrainingDiverged(CharLMError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # "finished" | "interrupted"
+    step: int
+    best_val_perplexity: float | None
+    val_perplexity: float | None
+    elapsed: float
+    tokens_per_s: float
+
+
+class Window:
+    """The steps since the last log line: their summed loss stays on the device until it is logged."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.clipped, self.steps = torch.zeros((), device=device), 0, 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, clipped) -> None:
+        self.loss += loss
+        self.clipped += clipped
+        self.steps += 1
+
+
+class Trainer:
+    """One run's state and the named steps of its loop: `fit` runs them, `restore` resumes exactly.
+
+    A counting model (n-gram) has no steps: `fit` counts once, then evaluates, saves and logs
+    through the same methods as a trained one.
+    """
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, corpus, run: RunDir | str | Path,
+                 device: torch.device | str = "cpu", dist: Dist | None = None, emit: Event | None = None,
+                 model_args: dict[str, Any] | None = None):
+        self.cfg, self.model, self.corpus = cfg, model, corpus
+        self.folder = run if isinstance(run, RunDir) else RunDir(run)
+        self.device, self.dist = torch.device(device), dist or Dist()
+        self.emit, self.model_args = emit or (lambda kind, info: None), model_args
+        self.trainable = getattr(model, "trainable", True)
+        self.step = self.epoch = self.batch = 0
+        self.elapsed = self.schedule_clock = 0.0  # seconds of training; the schedule's clock (see agree_to_stop)
+        self.best_val: float | None = None
+        self.state = None  # carried across batches by the sequential sampler
+        self.optimizer = None
+        self.total: int | None = 0
+        if not self.trainable:
+            return
+        self.sampler = make_sampler(cfg.data.sampling, corpus.train, cfg.data.batch_size, cfg.data.num_steps,
+                                    cfg.train.seed, self.dist.rank, self.dist.world_size)
+        check_training = getattr(model, "check_training", None)  # a model's own limits on batches
+        if check_training is not None:
+            check_training(cfg.data.num_steps, self.sampler.carries_state)
+        self.optimizer = make_optimizer(model.parameters(), cfg)
+        self.net = self.dist.wrap(model)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        # Only the forward pass is autocast; weights, Adam's moments, loss and clipping stay fp32.
+        self.precision = resolve_precision(cfg.train.precision, self.device, cfg.train.amp)
+        self.autocast = self.precision.autocast(self.device)
+        self.state_dims = state_batch_dims(model) if self.sampler.carries_state else None
+        t = cfg.train
+        limits = [n for n in (t.max_steps, t.epochs and t.epochs * self.sampler.batches_per_epoch()) if n]
+        self.total = min(limits) if limits else None
+        self.tokens_per_step = cfg.data.batch_size * cfg.data.num_steps
+
+    def fit(self, stop: threading.Event | None = None) -> TrainResult:
+        """The loop: a step, then on logging steps a window's line, on evaluation steps a checkpoint."""
+        stop, t = stop or threading.Event(), self.cfg.train
+        self.emit("start", self.start_info())
+        self.folder.open_log(t.tensorboard)
+        if not self.trainable:
+            return self.count()
+        self.model.train()
+        batches = self.sampler.epoch(self.epoch, self.batch)
+        window, val, self.clock = Window(self.device), None, time.perf_counter()
+        # A run resumed at its limit has nothing left to do; later, only agree_to_stop ends the loop.
+        stopping = last = self.limit_reached()
+        while not stopping:
+            xb, yb = next(batches)
+            lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg, self.total, self.schedule_clock)
+            loss, grad_norm = self.train_step(xb, yb, lr)
+            batches = self.advance(batches)
+            window.add(loss, self.cfg.optim.grad_clip > 0 and grad_norm > self.cfg.optim.grad_clip)
+            self.tick()
+            last, stopping = self.agree_to_stop(stop)
+            evaluate_now = self.step % t.eval_every == 0 or stopping
+            if self.step % t.log_every == 0 or evaluate_now:
+                row = self.log_window(window, lr, grad_norm)
+                if evaluate_now:
+                    row["val_perplexity"] = val = self.evaluate_and_save(finished=last)
+                self.folder.log(row)
+                self.emit("log", row)
+                window = Window(self.device)
+        return self.finish("finished" if last else "interrupted", val)
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._upload(xb, yb)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        state = self.state if self.sampler.carries_state else None
+        with self.autocast:
+            logits, state = self.net(x, state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.optim.grad_clip
+        # clip_grad_norm_ returns the norm before clipping: g <- min(1, clip/||g||) g
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        self.optimizer.step()
+        if self.sampler.carries_state:
+            self.state = detach_state(state)
+        return loss.detach(), grad_norm.detach()
+
+    def _upload(self, xb: np.ndarray, yb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.from_numpy(np.stack((xb, yb)).astype(np.int64))  # (2, B, T): one copy, not two
+        if self.device.type == "cuda":
+            # From pageable memory the copy is synchronous; pinned, it overlaps the running step
+            # (the caching host allocator keeps the pinned block until the copy has run).
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
+        return batch[0], batch[1]
+
+    def advance(self, batches):
+        """Count the step; a new epoch has a new offset, so carried state would belong to other text."""
+        self.step, self.batch = self.step + 1, self.batch + 1
+        if self.batch < self.sampler.batches_per_epoch():
+            return batches
+        self.epoch, self.batch, self.state = self.epoch + 1, 0, None
+        return self.sampler.epoch(self.epoch)
+
+    def tick(self) -> None:
+        """Add the time since the last tick to the training clock (evaluation and saving restart it)."""
+        now = time.perf_counter()
+        self.elapsed += now - self.clock
+        self.clock = now
+
+    def limit_reached(self) -> bool:
+        t = self.cfg.train
+        return (self.total is not None and self.step >= self.total) or (
+            t.max_time is not None and self.elapsed >= t.max_time)
+
+    def agree_to_stop(self, stop: threading.Event) -> tuple[bool, bool]:
+        """(last, stopping) after this step: a limit was reached; the run ends, at a limit or on request.
+
+        Ranks must stop after the same step and follow one schedule clock. Agreeing is a collective
+        and a host sync, so they compare notes only on logging steps and at the step limit.
+        """
+        t = self.cfg.train
+        at_total = self.total is not None and self.step >= self.total
+        last = self.limit_reached()
+        stopping = last or stop.is_set()
+        if not self.dist.active:
+            self.schedule_clock = self.elapsed
+            return last, stopping
+        if self.step % t.log_every != 0 and not at_total:
+            return False, False
+        last, stopping = self.dist.agree(last, stopping)
+        self.elapsed = self.schedule_clock = self.dist.max_float(self.elapsed)
+        return last, stopping
+
+    def log_window(self, window: Window, lr: float, grad_norm: torch.Tensor) -> dict[str, Any]:
+        """The window's metrics row; its mean loss is the loop's one host sync."""
+        mean_loss = self.dist.mean(window.loss / window.steps).item()
+        # On a GPU the steps were only queued until this sync; the window's speed is measured from here.
+        synced = time.perf_counter()
+        if not math.isfinite(mean_loss):
+            self.emit("diverged", {"step": self.step})
+            raise TrainingDiverged(f"loss became {mean_loss} near step {self.step}; training stopped, "
+                                   f"the last good checkpoint is {self.folder.last} "
+                                   "(try a lower optim.lr or optim.grad_clip)")
+        row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "perplexity": math.exp(mean_loss),
+               "lr": lr, "grad_norm": float(grad_norm), "clipped": int(window.clipped),
+               "tokens_per_s": window.steps * self.tokens_per_step / max(synced - window.start, 1e-9),
+               "elapsed": self.elapsed}
+        row["progress"], row["bound_by"] = run_progress(self.step, self.elapsed, self.cfg, self.total)
+        return row
+
+    def validate(self) -> float | None:
+        # eval_tokens caps the final evaluation too: best.pt is then chosen among comparable
+        # numbers, and a 100 MB validation split cannot stall the end of a run. `charlm evaluate`
+        # scores the whole split. A counting model is scored on the whole split.
+        val_ids = self.corpus.val
+        if self.cfg.train.eval_tokens and self.trainable:
+            val_ids = val_ids[:self.cfg.train.eval_tokens]
+        if len(val_ids) < 2:
+            return None
+        return self.dist.evaluate(self.model, val_ids, self.device)
+
+    def evaluate_and_save(self, finished: bool = False) -> float | None:
+        """Validate, then write last.pt (and best.pt on a new best); a collective in a distributed run."""
+        val = self.validate()
+        # The best is updated before the state is taken, so last.pt and best.pt both hold the
+        # best including this evaluation: a resumed run then compares against the true best.
+        is_best = val is not None and val <= (self.best_val if self.best_val is not None else math.inf)
+        if is_best:
+            self.best_val = val
+        self.folder.save(self.train_state(finished), best=is_best)
+        self.clock = time.perf_counter()  # evaluation and saving do not count as training time
+        return val
+
+    def train_state(self, finished: bool = False) -> TrainState:
+        """What the checkpoint holds now. Collective in a distributed run: every rank gathers."""
+        streams = capture_streams(self.dist, self.device, self.state, self.state_dims) if self.trainable else {}
+        return TrainState(
+            model_name=self.cfg.model.name, model_args=self.model_args, vocab=self.corpus.vocab.to_dict(),
+            config=self.cfg.to_dict(), model=self.model.state_dict(),
+            data_dir=str(Path(self.corpus.folder).resolve()), step=self.step, epoch=self.epoch, batch=self.batch,
+            elapsed=self.elapsed, best_val=self.best_val, finished=finished,
+            optimizer=self.optimizer.state_dict() if self.optimizer is not None else None, **streams)
+
+    def restore(self, saved: TrainState) -> None:
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.step, self.epoch, self.batch = saved.step, saved.epoch, saved.batch
+        self.elapsed = self.schedule_clock = saved.elapsed
+        self.best_val = saved.best_val
+        self.state = restore_streams(saved, self.dist, self.device, self.state_dims, self.cfg.train.seed)
+
+    def count(self) -> TrainResult:
+        """A counting model's training: one pass of counts, then evaluated, saved and logged as one step."""
+        started = time.perf_counter()
+        self.model.fit(np.asarray(self.corpus.train))
+        self.elapsed = time.perf_counter() - started
+        self.clock = time.perf_counter()
+        val = self.evaluate_and_save(finished=True)
+        row = {"step": 0, "epoch": 0, "val_perplexity": val, "elapsed": self.elapsed,
+               "tokens_per_s": self.tokens_per_s()}
+        self.folder.log(row)
+        self.emit("eval", row)
+        return self.finish("finished", val)
+
+    def tokens_per_s(self) -> float:
+        tokens = self.step * self.tokens_per_step if self.trainable else len(self.corpus.train)
+        return tokens / max(self.elapsed, 1e-9)
+
+    def start_info(self) -> dict[str, Any]:
+        info = {"run_dir": str(self.folder), "total_steps": self.total, "device": str(self.device),
+                "parameters": sum(p.numel() for p in self.model.parameters()), "model": self.cfg.model.name,
+                "vocab_size": len(self.corpus.vocab), "step": self.step, "world_size": self.dist.world_size}
+        if self.trainable:
+            info.update(batches_per_epoch=self.sampler.batches_per_epoch(), precision=self.precision.name,
+                        precision_reason=self.precision.reason, max_time=self.cfg.train.max_time,
+                        progress=run_progress(self.step, self.elapsed, self.cfg, self.total)[0])
+        return info
+
+    def finish(self, status: str, val: float | None) -> TrainResult:
+        """summary.json, runs/LATEST and curves.png, then the result."""
+        self.folder.close_log()
+        result = TrainResult(self.folder.path, status, self.step, self.best_val, val, self.elapsed,
+                             self.tokens_per_s())
+        summary = {"status": status, "step": self.step, "best_val_perplexity": self.best_val,
+                   "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s}
+        if self.trainable:
+            summary["precision"] = self.precision.name
+        self.folder.finish(summary, curves=self.trainable, note=lambda m: self.emit("note", {"message": m}))
+        self.emit("end", {"result": result})
+        return result
+
