@@ -126,6 +126,38 @@ def checkpoint_on_local_data(root: Path) -> None:
     torch.save({**payload, "data_dir": str(root / "data" / "small")}, root / "here.pt")
 
 
+def fifo(name: str) -> Callable[[Path], None]:
+    """A named pipe with no writer. Opening it to read blocks until one comes, so a thread plays
+    a writer that opens and closes at once if a reader ever waits: a command that opens the pipe
+    then reads an empty text and fails on its phrase instead of hanging the suite."""
+    def setup(root: Path) -> None:
+        import os
+        import threading
+        import time
+
+        path = root / name
+        os.mkfifo(path)
+
+        def unblock() -> None:
+            for _ in range(200):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                    return
+                except OSError:  # ENXIO: nobody is reading, which is what should happen
+                    time.sleep(0.1)
+        threading.Thread(target=unblock, daemon=True).start()
+    return setup
+
+
+def alias_bomb(width: int = 9, levels: int = 6) -> str:
+    """A few hundred bytes of flow-style YAML that stand for width**levels values (half a million:
+    enough to prove the point, few enough that the code before the fix failed rather than ran for ever)."""
+    text = "&a0 [" + ", ".join(["lol"] * width) + "]"
+    for i in range(1, levels):
+        text = f"[{text}, &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]]"
+    return text
+
+
 HUGE = 5_000_000  # bytes on one line, no newline anywhere
 BINARY = b"some text\x00\x00\x01\x02 then binary\n"
 BAD_UTF8 = b"caf\xe9 au lait\n"  # latin-1 e-acute: invalid UTF-8 at byte 3
@@ -171,6 +203,20 @@ TAMPERED = [
     case("generate-novelty-data-dtype-object", "generate --checkpoint here.pt --check-novelty",
          "declares dtype 'object'", checkpoint_on_local_data, retype("object")),
 ]
+
+
+UNBOUNDED = [
+    case("preprocess-fifo", "preprocess pipe", "pipe is a pipe (FIFO), not a regular file", fifo("pipe")),
+    case("preprocess-character-device", "preprocess /dev/zero --out o", "/dev/zero is a character device"),
+    case("evaluate-data-fifo", "evaluate --data pipe", "pipe is a pipe (FIFO), not a regular file", fifo("pipe")),
+    case("score-file-fifo", "score --file pipe", "pipe is a pipe (FIFO), not a regular file", fifo("pipe")),
+    case("score-file-character-device", "score --file /dev/zero", "/dev/zero is a character device"),
+    case("train-config-alias-bomb", "train -c bomb.yaml", "bomb.yaml: its YAML aliases expand to more than 10,000",
+         write("bomb.yaml", f"data:\n  batch_size: {alias_bomb()}\n")),
+    case("train-set-alias-bomb", ["train", "-c", "tiny.yaml", "--set", f"data.batch_size={alias_bomb()}"],
+         "--set data.batch_size: its YAML aliases expand to more than 10,000"),
+]
+
 
 
 CASES = [
@@ -348,6 +394,7 @@ CASES = [
     case("plot-output-is-a-folder", "plot runs/tiny", "cannot write runs/tiny/curves.png",
          remove("runs/tiny/curves.png"), folder("runs/tiny/curves.png")),
     *TAMPERED,
+    *UNBOUNDED,
 ]
 
 

@@ -206,3 +206,30 @@ def test_an_existing_file_up_the_tree_is_read_but_written_only_inside(nested):
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed and all(k.startswith("a/b/data") for k in changed), changed
     assert (nested / "a" / "b" / "data" / "outside" / "train.bin").is_file()
+
+
+# ---------------------------------------------------------------- unbounded values
+
+def test_an_alias_bomb_in_a_config_is_refused_in_bounded_memory(ws):
+    import resource
+    import subprocess
+    import sys
+
+    levels = "\n".join(f"  x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10))
+    (ws / "bomb.yaml").write_text(f"generate:\n  x0: &a0 [{', '.join(['lol'] * 9)}]\n{levels}\n"
+                                  "data:\n  batch_size: *a9\n")  # 9**10 values in ~500 bytes
+    assert (ws / "bomb.yaml").stat().st_size < 600
+
+    def cap_memory():  # 2 GB of address space: the expanded bomb needs hundreds of GB
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "charlm", "train", "-c", "bomb.yaml"], cwd=ws, capture_output=True,
+                          text=True, preexec_fn=cap_memory, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: bomb.yaml: its YAML aliases expand to more than 10,000 values")
+
+
+def test_an_error_quoting_a_huge_value_stays_one_short_line(ws):
+    line = one_error_line(invoke("train", "-c", "tiny.yaml", "--set", "data.normalize=" + "x" * 100_000))
+    assert len(line) <= len("error: ") + 1000 and "…" in line
+    assert line.startswith("error: data.normalize: 'xxx") and "is not one of 'none' | 'lower' | 'letters'" in line

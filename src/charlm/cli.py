@@ -32,9 +32,20 @@ out = Console()
 err = Console(stderr=True)
 
 
+MAX_ERROR_CHARS = 1000  # a message quoting a value the user gave stays a line, however big the value
+
+
+def shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`message` cut in its middle (keeping the end, which says what to do) to at most `limit` characters."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    return f"{message[:limit - tail - 1]}…{message[-tail:]}"
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     # User text (paths, keys) is shown as typed: no Rich markup, and always on one line.
-    message = escape(message.replace("\r", "\\r").replace("\n", "\\n"))
+    message = escape(shorten(message).replace("\r", "\\r").replace("\n", "\\n"))
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 

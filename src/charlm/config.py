@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from charlm import safe_yaml
 from charlm.errors import ConfigError
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False):
@@ -148,7 +149,7 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
         return _coerce(key, value.strip() if base is not str else value, base, meta, False)
     if from_text and isinstance(value, str):
         try:
-            value = yaml.safe_load(value) if value.strip() else value
+            value = safe_yaml.loads(value, f"--set {key}") if value.strip() else value
         except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
             pass  # not YAML (e.g. "2024-13-45", a date with no 13th month): keep the text as is
     hints = typing.get_args(tp)
@@ -246,7 +247,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
     path = find_config(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_yaml.load_file(path)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     except RecursionError:

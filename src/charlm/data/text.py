@@ -8,6 +8,7 @@ import importlib.resources
 import json
 import os
 import re
+import stat
 import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -202,7 +203,25 @@ def read_text(path: str | os.PathLike, errors: str = "strict") -> str:
     return "".join(iter_text_chunks(path, errors))
 
 
+_KINDS = ((stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse pipes and devices before opening them: a FIFO with no writer blocks open() forever, and
+    /dev/zero never ends. A text to read is a regular file (symlinks to one are fine)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # open() says what is wrong, in its own words
+    kind = next((what for test, what in _KINDS if test(mode)), None)
+    if kind is not None:
+        raise DataError(f"{path} is {kind}, not a regular file; charlm reads text files (save the text to a "
+                        "file first)")
+
+
 def _open_binary(path: Path):
+    check_regular_file(path)
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -243,6 +262,7 @@ def resolve_corpus(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a text file or one of: {_builtin_names()}")
     if path.exists():
+        check_regular_file(path)
         return path
     name = str(name_or_path)
     if name in BUILTIN_DATASETS:  # only fixed names ever become package paths
