@@ -1,0 +1,68 @@
+"""The benchmark scripts' --quick modes run and print the tables the README quotes."""
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    sys.path.insert(0, str(SCRIPTS))  # bench_precision imports its sibling bench_train
+    try:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def table_rows(out: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    return lines[:at], [line.split() for line in lines[at + 1:] if line.strip()]
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", "").rstrip("%"))
+
+
+@pytest.mark.slow
+def test_bench_train_prints_cpu_flags_and_fp32_bf16_side_by_side(capsys):
+    load_script("bench_train").main(["--quick", "--only", "tiny"])
+    preamble, rows = table_rows(capsys.readouterr().out, "config")
+    assert any(line.startswith("cpu: ") for line in preamble)
+    flags = next(line for line in preamble if line.startswith("flags: "))
+    assert "_is_mkldnn_bf16_supported(): " in flags
+    if Path("/proc/cpuinfo").exists():
+        assert re.search(r"avx512_bf16 (yes|no), amx_bf16 (yes|no)", flags)
+    assert [row[0] for row in rows] == ["tiny"]
+    name, model, shape, bare, fp32, bf16, ratio, vs_bare = rows[0]
+    assert (model, shape) == ("rnn", "4x8")  # --quick shrinks the batch to 4 x 8
+    assert min(number(bare), number(fp32), number(bf16)) > 0
+    # printed with rounding: the ratio is bf16/fp32 of the two printed rates
+    assert number(ratio) == pytest.approx(number(bf16) / number(fp32), abs=0.01, rel=0.01)
+    assert number(vs_bare) == pytest.approx(number(fp32) / number(bare), abs=0.01, rel=0.01)
+
+
+def test_bench_train_covers_every_trainable_shipped_config_except_gpu_ones():
+    names = [name for name, _ in load_script("bench_train").bench_cases(quick=True)]
+    assert "shakespeare_lstm" in names and "shakespeare_gpt" in names and "rnn" in names
+    assert "ngram" not in names and not any(n.endswith("_gpu") for n in names)
+
+
+@pytest.mark.slow
+def test_bench_precision_scores_both_precisions_on_the_full_validation_split(capsys):
+    load_script("bench_precision").main(["--quick", "--only", "tiny"])
+    preamble, rows = table_rows(capsys.readouterr().out, "config")
+    assert any("full validation split" in line for line in preamble)
+    assert [row[:3] for row in rows] == [["tiny", "rnn", "3"]]
+    fp32, bf16, change, within = number(rows[0][3]), number(rows[0][4]), number(rows[0][5]), rows[0][-1]
+    assert 1 < fp32 < 30 and 1 < bf16 < 30 and math.isfinite(change)  # V = 28: untrained is ~28
+    assert change == pytest.approx(100 * (bf16 / fp32 - 1), abs=0.02)
+    assert within == ("yes" if change <= 1 else "no")
