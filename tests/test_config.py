@@ -1,6 +1,9 @@
 import pytest
 
-from charlm.config import RESUMABLE_KEYS, build_config, changed_keys, dump_yaml, load_config, valid_keys
+import yaml
+
+from charlm.config import (RESUMABLE_KEYS, build_config, changed_keys, config_from_dict, dump_yaml, load_config,
+                           valid_keys)
 from charlm.errors import ConfigError
 
 
@@ -30,6 +33,11 @@ def test_defaults_and_overrides_are_typed():
     ({}, ["optim.lr=0"], "optim.lr: 0.0 is out of range (0.0, inf]"),
     ({}, ["train.max_time=nan"], "train.max_time: nan is out of range"),
     ({}, ["optim.lr"], "--set expects section.key=value"),
+    ({"model": {"name": "lsmt"}}, [], "model.name: unknown model 'lsmt'; did you mean 'lstm'?"),
+    ({}, ["model.name=transformer"], "model.name: unknown model 'transformer'"),
+    ({"model": {"name": "rnn_scratch", "num_layers": 2}}, [], "rnn_scratch has a single layer"),
+    ({"model": {"name": "gpt", "embedding_dim": 10, "num_heads": 4}}, [], "must be divisible by model.num_heads"),
+    ({"model": {"name": "lstm", "tie_weights": True}}, [], "model.tie_weights needs model.embedding_dim =="),
     ([1, 2], [], "must be a mapping"),
     ({"data": [1]}, [], "config section 'data' must be a mapping"),
 ])
@@ -38,6 +46,95 @@ def test_bad_values_name_the_key(raw, overrides, message):
         build_config(raw, overrides)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_an_option_of_another_family_names_the_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        build_config({"model": {"name": "lstm"}}, ["model.order=3"])
+    assert str(info.value) == ("unknown config key 'model.order' (an option of ngram) for model 'lstm'; lstm takes "
+                               "model.hidden_size, model.num_layers, model.dropout, model.embedding_dim, "
+                               "model.tie_weights")
+    with pytest.raises(ConfigError, match=r"'model.hiden_size' \(did you mean 'model.hidden_size'\?\) for model 'gru'"):
+        build_config({"model": {"name": "gru", "hiden_size": 3}})
+    # Each key is checked against the model named last, wherever the name comes from.
+    assert build_config({"model": {"name": "lstm", "hidden_size": 8}}, ["model.name=gru"]).model.hidden_size == 8
+    with pytest.raises(ConfigError, match="'model.hidden_size' .* for model 'ngram'"):
+        build_config({"model": {"name": "lstm", "hidden_size": 8}}, ["model.name=ngram"])
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        build_config({"model": {"name": "gpt", "embedding_dim": 10, "stride": 100, "context": 8, "order": 2},
+                      "data": {"batch_size": 0}}, ["optim.lr=0", "train.bogus=1"])
+    message = str(info.value)
+    for part in ("data.batch_size: 0 is out of range", "'model.order' (an option of ngram) for model 'gpt'",
+                 "optim.lr: 0.0 is out of range", "unknown config key 'train.bogus'"):
+        assert part in message
+    assert "\n" not in message
+    # Constraints between options are checked once the values themselves are valid.
+    with pytest.raises(ConfigError) as info:
+        build_config({"model": {"name": "gpt", "embedding_dim": 10, "stride": 100, "context": 8}})
+    assert str(info.value) == ("model.embedding_dim (10) must be divisible by model.num_heads (4); "
+                               "model.stride (100) must be at most model.context (8)")
+
+
+def test_the_stored_config_holds_only_the_chosen_family():
+    lstm = yaml.safe_load(dump_yaml(build_config({"model": {"name": "lstm"}})))["model"]
+    assert lstm == {"name": "lstm", "hidden_size": 256, "num_layers": 1, "dropout": 0.0, "embedding_dim": None,
+                    "tie_weights": False}
+    ngram = yaml.safe_load(dump_yaml(build_config({"model": {"name": "ngram"}})))["model"]
+    assert ngram == {"name": "ngram", "order": 5, "smoothing": "kneser_ney", "k": 1.0}
+    switched = build_config({"model": {"name": "lstm", "hidden_size": 8}}).replace("model", name="ngram", order=3)
+    assert switched.model.model_args() == {"order": 3, "smoothing": "kneser_ney", "k": 1.0}
+    with pytest.raises(ConfigError, match="'model.order' .* for model 'lstm'"):
+        build_config({}).replace("model", name="lstm", order=3)
+
+
+# What charlm wrote into config.yaml and checkpoints before each family had its own options: every
+# family's keys, whatever the model.
+MERGED = {"name": "lstm", "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "embedding_dim": 16, "tie_weights": False,
+          "order": 5, "smoothing": "kneser_ney", "k": 1.0, "context": 8, "num_heads": 4, "positions": "learned",
+          "stride": None}
+
+
+def test_a_config_from_the_merged_schema_still_loads(tmp_path):
+    cfg = config_from_dict({"model": MERGED})
+    assert cfg.model.model_args() == {"hidden_size": 64, "num_layers": 2, "dropout": 0.0, "embedding_dim": 16,
+                                      "tie_weights": False}
+    old_run = tmp_path / "config.yaml"  # the gpt keys came later: a run from before gpt lacks them
+    old_run.write_text(yaml.safe_dump({"model": {k: v for k, v in MERGED.items() if k not in ("num_heads", "stride")}}))
+    assert load_config(old_run).model == cfg.model
+    # A value set by hand for another family was silently ignored then; now it is refused.
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"model": {**MERGED, "order": 3, "smoothing": "add_k"}})
+    assert str(info.value) == (
+        "model.order is 3, but model 'lstm' has no such option (an older charlm ignored it); remove model.order; "
+        "model.smoothing is 'add_k', but model 'lstm' has no such option (an older charlm ignored it); "
+        "remove model.smoothing")
+    # Only a whole merged section is read so: a hand-written key of another family stays an error.
+    with pytest.raises(ConfigError, match="'model.order' .* for model 'lstm'"):
+        config_from_dict({"model": {"name": "lstm", "order": 5}})
+
+
+def test_a_checkpoint_from_the_merged_schema_still_loads(tmp_path):
+    import torch
+
+    from charlm.checkpoint import load_model, save_checkpoint
+    from charlm.data.vocab import Vocab
+    from charlm.models import build_model
+
+    vocab = Vocab.build({"a": 3, "b": 2, "c": 1})
+    model, model_args = build_model("lstm", len(vocab), hidden_size=64, num_layers=2, embedding_dim=16)
+    old = {"model_name": "lstm", "model_args": model_args, "vocab": vocab.to_dict(), "model": model.state_dict(),
+           "config": {**build_config({}).to_dict(), "model": MERGED}}
+    save_checkpoint(tmp_path / "old.pt", old)
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.config.model.name == "lstm" and not hasattr(loaded.config.model, "order")
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(loaded.model(ids)[0], model.eval()(ids)[0])
+    save_checkpoint(tmp_path / "set.pt", {**old, "config": {**old["config"], "model": {**MERGED, "k": 0.5}}})
+    with pytest.raises(ConfigError, match="model.k is 0.5, but model 'lstm' has no such option"):
+        load_model(tmp_path / "set.pt")
 
 
 def test_yaml_files(tmp_path):
@@ -70,6 +167,10 @@ def test_changed_keys_and_resumable_set():
     a = build_config({})
     b = build_config({}, ["train.max_steps=10", "optim.lr=0.1"])
     assert changed_keys(a, b) == ["optim.lr", "train.max_steps"]
+    c = build_config({"model": {"name": "ngram"}})  # another family: its keys and the old ones all differ
+    assert changed_keys(a, c) == ["model.name", "model.hidden_size", "model.num_layers", "model.dropout",
+                                  "model.embedding_dim", "model.tie_weights", "model.order", "model.smoothing",
+                                  "model.k"]
     assert "train.max_steps" in RESUMABLE_KEYS and "optim.lr" not in RESUMABLE_KEYS
     assert set(RESUMABLE_KEYS) <= set(valid_keys())
 

@@ -10,7 +10,7 @@ from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_text
 from charlm.generate import generate, novelty
-from charlm.models import available_models, build_model
+from charlm.models import available_models, build_model, model_options
 
 CHARS = ["a", "b", "c", "d"]
 
@@ -254,8 +254,8 @@ def test_every_registered_model_serves_generate_and_evaluate(name):
     """The real models through the contract: carried state must equal one long pass."""
     vocab = Vocab(["<unk>", " "] + list("abcdefghijklmnopqrstuvwxyz"), [0] + [1] * 27)
     torch.manual_seed(0)
-    model, _ = build_model(name, len(vocab), hidden_size=16, num_layers=1, embedding_dim=8,
-                           context=3, order=3)
+    small = dict(hidden_size=16, num_layers=1, embedding_dim=8, context=3, order=3)
+    model, _ = build_model(name, len(vocab), **{k: v for k, v in small.items() if k in model_options(name)})
     out = generate(model, vocab, "the time", length=12, num_samples=3, seed=0, stop="e")
     assert len(out.continuations) == 3
     assert all(len(c) <= 12 and (s == c.endswith("e")) for c, s in zip(out.continuations, out.stopped))

@@ -16,21 +16,21 @@ from charlm.models import (
 )
 
 VOCAB = 11
-# A config-like dict: every model takes the keys it accepts and ignores the rest.
-SMALL_OPTIONS = dict(
-    hidden_size=16, num_layers=2, dropout=0.1, embedding_dim=None, order=3, context=4
-)
-SINGLE_LAYER = {"rnn_scratch"}  # rejects num_layers != 1 by design
-# gpt has no one-hot input: its width is embedding_dim, split into heads.
-FAMILY_OPTIONS = {"gpt": dict(embedding_dim=8, num_heads=2)}
+# Small options for every family, as a config would give them.
+RECURRENT = dict(hidden_size=16, num_layers=2, dropout=0.1)
+SMALL_OPTIONS = {
+    "rnn": RECURRENT, "gru": RECURRENT, "lstm": RECURRENT,
+    "rnn_scratch": dict(hidden_size=16),  # a single layer by design
+    "mlp": dict(hidden_size=16, dropout=0.1, context=4),
+    "ngram": dict(order=3),
+    # gpt has no one-hot input: its width is embedding_dim, split into heads.
+    "gpt": dict(num_layers=2, dropout=0.1, embedding_dim=8, num_heads=2, context=4),
+}
 
 
 def make_model(name, seed=0, **overrides):
     torch.manual_seed(seed)
-    options = {**SMALL_OPTIONS, **FAMILY_OPTIONS.get(name, {}), **overrides}
-    if name in SINGLE_LAYER:
-        options["num_layers"] = 1
-    model, model_args = build_model(name, VOCAB, **options)
+    model, model_args = build_model(name, VOCAB, **{**SMALL_OPTIONS[name], **overrides})
     if not model.trainable:
         model.fit(np.random.default_rng(seed).integers(0, VOCAB, size=500))
     return model, model_args
@@ -71,8 +71,8 @@ def test_register_twice_is_a_programming_error():
         register_model("rnn")(type("Dup", (torch.nn.Module,), {"trainable": True}))
 
 
-def test_build_model_filters_options_and_reports_every_used_one():
-    model, model_args = build_model("gru", VOCAB, hidden_size=8, order=7, context=2, bogus=1)
+def test_build_model_refuses_other_families_options_and_reports_every_used_one():
+    model, model_args = build_model("gru", VOCAB, hidden_size=8)
     assert model_args == {
         "hidden_size": 8,
         "num_layers": 1,
@@ -81,8 +81,22 @@ def test_build_model_filters_options_and_reports_every_used_one():
         "tie_weights": False,
     }
     assert model.rnn.hidden_size == 8 and model.rnn.input_size == VOCAB
-    _, ngram_args = build_model("ngram", VOCAB, hidden_size=8, order=2)
+    _, ngram_args = build_model("ngram", VOCAB, order=2)
     assert ngram_args == {"order": 2, "smoothing": "kneser_ney", "k": 1.0}
+    with pytest.raises(ConfigError) as info:
+        build_model("gru", VOCAB, hidden_size=8, order=7, context=2)
+    assert str(info.value) == (
+        "unknown config keys 'model.order' (an option of ngram), 'model.context' (an option of gpt, mlp) for "
+        "model 'gru'; gru takes model.hidden_size, model.num_layers, model.dropout, model.embedding_dim, "
+        "model.tie_weights")
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_python_callers_and_configs_get_the_same_defaults(name):
+    from charlm.config import build_config
+
+    _, model_args = build_model(name, VOCAB)  # one set of defaults: the family's options class
+    assert model_args == build_config({"model": {"name": name}}).model.model_args()
 
 
 @pytest.mark.parametrize(
@@ -94,17 +108,19 @@ def test_build_model_filters_options_and_reports_every_used_one():
         ("mlp", {"context": 0}, "context"),
         ("ngram", {"smoothing": "kneser"}, "did you mean 'kneser_ney'"),
         ("ngram", {"k": 0}, "k"),
-        ("rnn", {"hidden_size": [8]}, "must be a bool, int"),
-        ("gpt", {"embedding_dim": None}, "needs model.embedding_dim"),
-        ("gpt", {"embedding_dim": 10, "num_heads": 4}, "divisible by num_heads"),
+        ("rnn", {"hidden_size": [8]}, "model.hidden_size: expected an integer"),
+        ("gpt", {"embedding_dim": None}, "model.embedding_dim: expected an integer, got None"),
+        ("gpt", {"embedding_dim": 10, "num_heads": 4}, "divisible by model.num_heads"),
         ("gpt", {"embedding_dim": 12, "num_heads": 4, "positions": "rotary"}, "even head size"),
-        ("gpt", {"embedding_dim": 8, "positions": "sinusoid"}, "learned, rotary"),
-        ("gpt", {"embedding_dim": 8, "context": 4, "stride": 5}, "at most context"),
+        ("gpt", {"embedding_dim": 8, "positions": "sinusoid"}, "'learned' | 'rotary'"),
+        ("gpt", {"embedding_dim": 8, "context": 4, "stride": 5}, "at most model.context"),
+        ("lstm", {"order": 3}, "an option of ngram"),
     ],
 )
 def test_invalid_options_raise_config_error(name, options, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as info:
         build_model(name, VOCAB, **options)
+    assert message in str(info.value)
 
 
 def test_tie_weights_shares_the_embedding():
@@ -115,7 +131,7 @@ def test_tie_weights_shares_the_embedding():
     assert n_params(untied) - n_params(tied) == VOCAB * 12
     assert "decoder.weight" in tied.state_dict()  # loads into an untied-then-tied model too
     for embedding_dim in (None, 8):
-        with pytest.raises(ConfigError, match="embedding_dim == hidden_size"):
+        with pytest.raises(ConfigError, match="model.embedding_dim == model.hidden_size"):
             build_model("rnn", VOCAB, hidden_size=12, embedding_dim=embedding_dim, tie_weights=True)
 
 

@@ -33,7 +33,7 @@ def test_output_depends_only_on_the_last_tau_tokens(embedding_dim):
 
 
 def test_positions_before_the_start_are_padding():
-    model = make_mlp()
+    model = make_mlp(embedding_dim=16)
     assert model.embedding.num_embeddings == VOCAB + 1  # row V is the padding
     state = model.init_state(2, "cpu")
     assert state.shape == (2, CONTEXT) and (state == VOCAB).all()

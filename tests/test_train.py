@@ -10,6 +10,7 @@ import torch
 from charlm.checkpoint import load_checkpoint, load_model
 from charlm.config import build_config
 from charlm.errors import CharLMError, CheckpointError, ConfigError
+from charlm.models import model_options
 from charlm.train import Trainer, TrainingDiverged, lr_factor, train
 
 
@@ -23,10 +24,13 @@ def workdir(tmp_path, monkeypatch, corpus_dir):
 
 def tiny(*overrides, **sections):
     raw = {"data": {"corpus": "corpus.txt", "normalize": "letters", "batch_size": 4, "num_steps": 12},
-           "model": {"name": "rnn", "hidden_size": 24, "embedding_dim": 8, "dropout": 0.1},
+           "model": {"name": "rnn", "hidden_size": 24, "num_layers": 1, "embedding_dim": 8, "dropout": 0.1},
            "optim": {"lr": 0.01}, "train": {"max_steps": 12, "eval_every": 6, "log_every": 2, "eval_tokens": 500}}
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
+    # The small sizes above apply to whichever model an override picks, where it has them.
+    name = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("model.name=")), raw["model"]["name"])
+    raw["model"] = {k: v for k, v in raw["model"].items() if k == "name" or k in model_options(name)}
     return build_config(raw, list(overrides), name="tiny")
 
 
@@ -63,7 +67,8 @@ def test_same_seed_same_losses(workdir):
 
 @pytest.mark.parametrize("sampling, model", [("random", "rnn"), ("sequential", "lstm"), ("random", "gpt")])
 def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
-    options = [f"data.sampling={sampling}", f"model.name={model}", "model.context=12", "model.num_heads=2"]
+    options = [f"data.sampling={sampling}", f"model.name={model}"]
+    options += ["model.context=12", "model.num_heads=2"] if model == "gpt" else []
     cfg = tiny(*options, "train.max_steps=16", "train.eval_every=4")
     train(cfg, run_dir="whole", handle_signals=False)
     train(tiny(*options, "train.max_steps=8", "train.eval_every=4"), run_dir="split", handle_signals=False)

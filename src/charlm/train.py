@@ -96,8 +96,9 @@ def _build(cfg: RunConfig, vocab_size: int):
         return build_model(cfg.model.name, vocab_size, **model_options(cfg))
     except (RuntimeError, MemoryError) as exc:  # torch's allocator: OutOfMemoryError is a RuntimeError
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise ConfigError(f"model {cfg.model.name} with hidden_size {cfg.model.hidden_size}, num_layers "
-                          f"{cfg.model.num_layers} does not fit in memory ({first})") from None
+        sizes = ", ".join(f"{k} {v}" for k, v in model_options(cfg).items() if k in ("hidden_size", "num_layers",
+                                                                                        "embedding_dim", "order"))
+        raise ConfigError(f"model {cfg.model.name} with {sizes} does not fit in memory ({first})") from None
 
 
 def _load_init(model: torch.nn.Module, model_args: dict[str, Any], init_from: str | Path, cfg: RunConfig) -> None:

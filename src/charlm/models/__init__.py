@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,22 +9,23 @@ import torch
 from torch import nn
 
 from charlm.errors import ConfigError
+from charlm.model_options import FAMILIES, build_options, option_names
 from charlm.registry import Registry
 
 # The one piece of module-level mutable state the library allows: filled at import time by
 # @register_model in the model modules imported at the bottom of this file.
 _REGISTRY: Registry[type[nn.Module]] = Registry("model")
 
-# Values a checkpoint can store and torch.load(weights_only=True) can read back.
-_PLAIN_TYPES = (bool, int, float, str, type(None))
-
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make the model buildable as `name`."""
+    """Class decorator: make the model buildable as `name`, from the options charlm.model_options
+    registers for `name`; the class is built as `cls(vocab_size, options)`."""
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if not isinstance(getattr(cls, "trainable", None), bool):
             raise TypeError(f"{cls.__name__} must set the class attribute `trainable: bool`")
+        if name not in FAMILIES.names():
+            raise TypeError(f"model {name!r} has no options class: add one to charlm.model_options")
         return _REGISTRY.register(name)(cls)
 
     return decorator
@@ -41,43 +41,26 @@ def model_class(name: str) -> type[nn.Module]:
     return _REGISTRY.get(name, key="model.name")
 
 
-def _constructor_parameters(name: str) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(model_class(name).__init__).parameters
-    return {
-        key: p
-        for key, p in params.items()
-        if key not in ("self", "vocab_size")
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
 def model_options(name: str) -> set[str]:
-    """Option names the model's constructor accepts (besides vocab_size)."""
-    return set(_constructor_parameters(name))
+    """Option names model `name` takes (besides vocab_size)."""
+    return set(option_names(name))
 
 
 def build_model(name: str, vocab_size: int, **options: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Build `name` from the options it accepts; others are ignored.
+    """Build `name` from its options, checked as the config checks them (an unknown one is an error).
 
-    Returns (model, model_args): model_args holds every constructor option with the value
-    used (defaults filled in), so `build_model(name, vocab_size, **model_args)` rebuilds
-    the same architecture even if a default changes later.
+    Returns (model, model_args): model_args holds every option with the value used (defaults
+    filled in), so `build_model(name, vocab_size, **model_args)` rebuilds the same architecture
+    even if a default changes later.
     """
-    params = _constructor_parameters(name)
-    model_args = {key: p.default for key, p in params.items()}
-    model_args.update({key: value for key, value in options.items() if key in params})
-    missing = sorted(key for key, value in model_args.items() if value is inspect.Parameter.empty)
-    if missing:
-        raise ConfigError(f"model {name!r} needs option(s): {', '.join(missing)}")
-    for key, value in model_args.items():
-        if not isinstance(value, _PLAIN_TYPES):
-            raise ConfigError(
-                f"model option {key}={value!r} must be a bool, int, float, str or null"
-            )
+    cls = model_class(name)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ConfigError(f"vocab_size must be a positive integer, got {vocab_size!r}")
-    model = model_class(name)(vocab_size, **model_args)
-    return model, model_args
+    problems: list[str] = []
+    built = build_options(name, {key: (value, False) for key, value in options.items()}, problems, vocab_size)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cls(vocab_size, built), built.model_args()
 
 
 State = torch.Tensor | tuple[Any, ...] | list[Any] | None
@@ -94,19 +77,9 @@ def detach_state(state: State) -> State:
     raise TypeError(f"cannot detach a state of type {type(state).__name__}")
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Validate an integer model option; a ConfigError says which one and why."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"model option {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_dropout(value: Any) -> float:
-    """Validate a dropout probability."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"model option dropout must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 # Imported last so their @register_model calls find the registry defined above.
 from charlm.models import gpt, mlp, ngram, recurrent, rnn_scratch  # noqa: E402, F401
+
+_unpaired = set(FAMILIES.names()) ^ set(available_models())
+if _unpaired:  # options with no model class, or the reverse
+    raise TypeError(f"model options and model classes differ: {sorted(_unpaired)}")

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.errors import ConfigError
-from charlm.models import check_dropout, check_positive_int, register_model
-
-POSITIONS = ("learned", "rotary")
+from charlm.model_options import GPTOptions
+from charlm.models import register_model
 
 # (tokens (B, n), k_1, v_1, ..., k_L, v_L): the n ≤ context tokens in the window and, per layer,
 # their keys and values (B, heads, n, head_dim). Keys are cached after the rotary rotation.
@@ -84,38 +83,15 @@ class GPT(nn.Module):
 
     trainable = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        embedding_dim: int | None = 128,
-        context: int = 64,
-        dropout: float = 0.0,
-        positions: str = "learned",
-        tie_weights: bool = False,
-        stride: int | None = None,
-    ) -> None:
+    def __init__(self, vocab_size: int, options: GPTOptions) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.num_layers = check_positive_int("num_layers", num_layers)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        self.context = check_positive_int("context", context)
-        dropout = check_dropout(dropout)
-        if embedding_dim is None:
-            raise ConfigError("model gpt needs model.embedding_dim, the transformer's width (e.g. 128)")
-        width = check_positive_int("embedding_dim", embedding_dim)
-        if width % num_heads:
-            raise ConfigError(f"model option embedding_dim ({width}) must be divisible by num_heads ({num_heads})")
-        if positions not in POSITIONS:
-            raise ConfigError(f"model option positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
-        self.head_dim = width // num_heads
-        if positions == "rotary" and self.head_dim % 2:
-            raise ConfigError(f"rotary positions need an even head size, got embedding_dim / num_heads = "
-                              f"{self.head_dim}")
-        self.stride = max(1, context // 2) if stride is None else check_positive_int("stride", stride)
-        if self.stride > context:
-            raise ConfigError(f"model option stride ({self.stride}) must be at most context ({context})")
+        self.vocab_size = vocab_size
+        self.num_layers = num_layers = options.num_layers
+        self.num_heads = num_heads = options.num_heads
+        self.context = context = options.context
+        width, dropout, positions = options.embedding_dim, options.dropout, options.positions
+        self.head_dim = width // num_heads  # the options check that num_heads divides the width
+        self.stride = max(1, context // 2) if options.stride is None else options.stride
         self.positions = positions
         self.embedding = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(context, width) if positions == "learned" else None
@@ -133,7 +109,7 @@ class GPT(nn.Module):
         for block in self.blocks:  # GPT-2: residual projections scaled by 1/√(2L), one per branch
             for proj in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * num_layers))
-        if tie_weights:
+        if options.tie_weights:
             self.decoder.weight = self.embedding.weight  # both (V, E)
 
     @staticmethod

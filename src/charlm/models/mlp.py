@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.models import check_dropout, check_positive_int, register_model
+from charlm.model_options import MLPOptions
+from charlm.models import register_model
 
 
 @register_model("mlp")
@@ -20,28 +21,20 @@ class WindowMLP(nn.Module):
 
     trainable = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        context: int = 8,
-        embedding_dim: int | None = 16,
-        hidden_size: int = 256,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, vocab_size: int, options: MLPOptions) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.context = check_positive_int("context", context)
-        check_positive_int("hidden_size", hidden_size)
+        self.vocab_size = vocab_size
+        self.context = context = options.context
         self.padding_id = vocab_size
         # embedding_dim None means one-hot input (V + 1 columns per window slot, as in D2L).
         self.embedding = None
         slot_size = vocab_size + 1
-        if embedding_dim is not None:
-            slot_size = check_positive_int("embedding_dim", embedding_dim)
-            self.embedding = nn.Embedding(vocab_size + 1, embedding_dim)
-        self.hidden = nn.Linear(context * slot_size, hidden_size)
-        self.dropout = nn.Dropout(check_dropout(dropout))
-        self.decoder = nn.Linear(hidden_size, vocab_size)
+        if options.embedding_dim is not None:
+            slot_size = options.embedding_dim
+            self.embedding = nn.Embedding(vocab_size + 1, options.embedding_dim)
+        self.hidden = nn.Linear(context * slot_size, options.hidden_size)
+        self.dropout = nn.Dropout(options.dropout)
+        self.decoder = nn.Linear(options.hidden_size, vocab_size)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """A window of padding ids (B, τ): nothing precedes the first token."""

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
-
 import numpy as np
 import torch
 from torch import nn
 
-from charlm.errors import ConfigError, DataError
-from charlm.models import check_positive_int, register_model
+from charlm.errors import DataError
+from charlm.model_options import NGramOptions
+from charlm.models import register_model
 
-SMOOTHINGS = ("add_k", "kneser_ney")
-_INT64_MAX = 2**63 - 1
 # Columns of context_stats_{k}: per context, for raw counts then for continuation counts,
 # the total, and how many followers have count 1, 2 and ≥3 (N1, N2, N3+ of modified KN).
 _RAW, _CONT = 0, 4
@@ -35,28 +32,12 @@ class NGramLM(nn.Module):
 
     trainable = False
 
-    def __init__(
-        self, vocab_size: int, order: int = 3, smoothing: str = "kneser_ney", k: float = 1.0
-    ) -> None:
+    def __init__(self, vocab_size: int, options: NGramOptions) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.order = check_positive_int("order", order)
-        if smoothing not in SMOOTHINGS:
-            closest = difflib.get_close_matches(str(smoothing), SMOOTHINGS, n=1, cutoff=0.0)
-            raise ConfigError(
-                f"unknown smoothing {smoothing!r}; did you mean {closest[0]!r}? "
-                f"(available: {', '.join(SMOOTHINGS)})"
-            )
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-            raise ConfigError(f"model option k (add-k pseudo-count) must be > 0, got {k!r}")
-        # Keys go up to V**n − 1; the query for a context also reaches that far.
-        if vocab_size**order > _INT64_MAX:
-            raise ConfigError(
-                f"an order-{order} n-gram over {vocab_size} tokens needs keys up to "
-                f"{vocab_size}**{order}, which overflows int64; lower the order"
-            )
-        self.smoothing = smoothing
-        self.k = float(k)
+        self.vocab_size = vocab_size
+        self.order = order = options.order
+        self.smoothing = options.smoothing
+        self.k = options.k
         self.padding_id = vocab_size
         empty = torch.zeros(0, dtype=torch.long)
         for n in range(1, order + 1):

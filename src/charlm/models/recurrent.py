@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.errors import ConfigError
-from charlm.models import check_dropout, check_positive_int, register_model
+from charlm.model_options import RecurrentOptions
+from charlm.models import register_model
 from charlm.precision import run_rnn
 
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -22,28 +22,12 @@ class RecurrentLM(nn.Module):
     trainable = True
     layer_class: type[nn.RNNBase] = nn.RNN
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        embedding_dim: int | None = None,
-        tie_weights: bool = False,
-    ) -> None:
+    def __init__(self, vocab_size: int, options: RecurrentOptions) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        self.num_layers = check_positive_int("num_layers", num_layers)
-        dropout = check_dropout(dropout)
-        if embedding_dim is not None:
-            check_positive_int("embedding_dim", embedding_dim)
-        if tie_weights and embedding_dim != hidden_size:
-            raise ConfigError(
-                "tie_weights needs embedding_dim == hidden_size "
-                f"(got embedding_dim={embedding_dim}, hidden_size={hidden_size}); "
-                "set embedding_dim to the hidden size or tie_weights to false"
-            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size = options.hidden_size
+        self.num_layers = num_layers = options.num_layers
+        embedding_dim, dropout = options.embedding_dim, options.dropout
         # embedding_dim None means one-hot input, as in D2L: the layer's input_size is V.
         self.embedding = None if embedding_dim is None else nn.Embedding(vocab_size, embedding_dim)
         self.rnn = self.layer_class(
@@ -56,7 +40,7 @@ class RecurrentLM(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        if tie_weights:
+        if options.tie_weights:  # the options check that embedding_dim == hidden_size
             self.decoder.weight = self.embedding.weight  # both (V, H)
 
     def init_state(

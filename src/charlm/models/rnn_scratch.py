@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.errors import ConfigError
-from charlm.models import check_positive_int, register_model
+from charlm.model_options import ScratchRNNOptions
+from charlm.models import register_model
 
 
 @register_model("rnn_scratch")
@@ -24,26 +24,16 @@ class RNNScratch(nn.Module):
 
     trainable = True
 
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        embedding_dim: int | None = None,
-    ) -> None:
+    def __init__(self, vocab_size: int, options: ScratchRNNOptions) -> None:
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        if num_layers != 1:
-            raise ConfigError(
-                f"rnn_scratch has a single layer (got num_layers={num_layers!r}); "
-                "use model 'rnn' for stacked layers"
-            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size = options.hidden_size
+        embedding_dim = options.embedding_dim
         # embedding_dim None: one-hot input, so x_t W_xh is row x_t of W_xh.
         input_size = vocab_size
         self.embedding = None
         if embedding_dim is not None:
-            input_size = check_positive_int("embedding_dim", embedding_dim)
+            input_size = embedding_dim
             self.embedding = nn.Embedding(vocab_size, embedding_dim)
         bound = 1.0 / math.sqrt(hidden_size)
 
