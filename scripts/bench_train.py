@@ -78,7 +78,8 @@ def bench_cases(only: str | None = None, quick: bool = False):
         if quick:
             raw = cfg.to_dict()
             raw["data"].update(batch_size=min(cfg.data.batch_size, 4), num_steps=min(cfg.data.num_steps, 8))
-            raw["model"]["hidden_size"] = min(cfg.model.hidden_size, 32)
+            if "hidden_size" in raw["model"]:  # each family records only its own options
+                raw["model"]["hidden_size"] = min(raw["model"]["hidden_size"], 32)
             if cfg.model.name == "gpt":
                 raw["model"].update(embedding_dim=32, num_layers=1, context=8)
             cfg = build_config(raw, name=name)
