@@ -149,3 +149,60 @@ def test_sigterm_saves_and_exits_0(workdir):
     assert proc.returncode == 0, stderr
     assert "interrupted at step" in stdout and "charlm train --resume runs/long" in stdout
     assert (workdir / "runs" / "long" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------- one set of habits across commands
+
+def test_short_flags_mean_one_thing_in_every_command():
+    import typer
+
+    group = typer.main.get_command(__import__("charlm.cli", fromlist=["app"]).app)
+    meaning: dict[str, set[str]] = {}
+
+    def walk(command, name):
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{name} {sub_name}")
+        for param in getattr(command, "params", []):
+            longs = [o for o in param.opts if o.startswith("--")]
+            for short in (o for o in param.opts + param.secondary_opts if o[:1] == "-" and o[:2] != "--"):
+                meaning.setdefault(short, set()).update(longs)
+
+    walk(group, "charlm")
+    assert {k: v for k, v in meaning.items() if len(v) != 1} == {}
+    expected = {"-c": "--config", "-C": "--checkpoint", "-o": "--out", "-d": "--data", "-f": "--file",
+                "-n": "--num-samples", "-q": "--quiet"}  # and -h, --help, from click
+    assert {k: meaning[k] for k in expected if k in meaning} == {k: {v} for k, v in expected.items()}
+    for command in ("evaluate", "generate", "score"):  # every command that reads a checkpoint
+        params = group.commands[command].params
+        assert any("-C" in p.opts and "--checkpoint" in p.opts for p in params), command
+
+
+def test_short_flags_work(trained):
+    result = invoke("evaluate", "-C", "runs/tiny", "-d", "corpus.txt", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] > 1000
+    assert invoke("generate", "-C", "runs/tiny", "--length", "5", "--seed", "1").exit_code == 0
+    assert invoke("score", "-C", "runs/tiny", "the time").exit_code == 0
+    assert invoke("preprocess", "corpus.txt", "-o", "elsewhere").exit_code == 0 and (trained / "elsewhere").is_dir()
+
+
+def test_plot_defaults_to_the_latest_run(trained):
+    (trained / "runs" / "tiny" / "curves.png").unlink()
+    result = invoke("plot")
+    assert result.exit_code == 0, result.output
+    assert (trained / "runs" / "tiny" / "curves.png").is_file() and "curves.png" in result.stdout
+
+
+def test_train_without_a_config_asks_for_one(workdir):
+    result = invoke("train", "--set", "train.max_steps=3")
+    assert result.exit_code == 2 and result.stderr.startswith("error: give a config: --config NAME"), result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["corpus.txt", "tiny.yaml"]  # nothing trained or written
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(workdir):
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run([sys.executable, "-m", "charlm", "preprocess", "timemachine", "--normalize", "letters",
+                           "--stats-only"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert len(first) > 80 and first.startswith("timemachine: 173,428") and first.endswith("vocabulary 28 (with <unk>)")

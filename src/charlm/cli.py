@@ -28,8 +28,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped or redirected output is not wrapped at 80 columns: generated text and figures stay whole lines.
+out = Console(soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 MAX_ERROR_CHARS = 1000  # a message quoting a value the user gave stays a line, however big the value
@@ -87,7 +88,7 @@ def root(version: bool = typer.Option(False, "--version", callback=version_callb
 @friendly
 def preprocess(
     corpus: str = typer.Argument(..., help="A text file, or a built-in dataset: timemachine, tinyshakespeare."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default data/<name>)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default data/<name>)."),
     level: str = typer.Option("char", help="Tokens: char or word (words, punctuation and whitespace)."),
     normalize: str = typer.Option("none", help="none (keep every character), lower, or letters (D2L: only a-z, "
                                                "lowercased; every other character, accented and non-Latin "
@@ -139,6 +140,9 @@ def train(
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
     cfg = load_config(config, overrides)
+    if config is None and resume is None:  # the built-in defaults are no model anyone chose
+        raise CharLMError("give a config: --config NAME (a shipped one, `charlm configs` lists them, e.g. rnn) "
+                          "or --config FILE.yaml; --resume RUN reuses the run's own")
     if resume is not None:
         cfg = cfg.replace("train", out=str(resume))
     if nproc > 1:
@@ -160,9 +164,10 @@ def train(
         display.summary(result)
 
 
-@app.command(epilog="Example: charlm plot runs/rnn")
+@app.command(epilog="Examples: charlm plot\n\ncharlm plot runs/rnn")
 @friendly
-def plot(run: Path = typer.Argument(..., help="A run folder (holds metrics.jsonl).")) -> None:
+def plot(run: Optional[Path] = typer.Argument(
+        None, help="A run folder (holds metrics.jsonl); default: the most recent run.")) -> None:
     """Redraw a run's curves.png: train and validation perplexity against step."""
     from charlm.plot import plot_run
 
@@ -172,9 +177,10 @@ def plot(run: Path = typer.Argument(..., help="A run folder (holds metrics.jsonl
 @app.command(epilog="Examples: charlm evaluate\n\ncharlm evaluate --checkpoint runs/lstm --data held_out.txt --json")
 @friendly
 def evaluate(
-    checkpoint: Optional[Path] = typer.Option(None, help="Run folder (uses best.pt) or checkpoint file; "
-                                                         "default: the most recent run."),
-    data: str = typer.Option("val", help="'val' for the run's validation split, or a text file."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-C",
+                                              help="Run folder (uses best.pt) or checkpoint file; "
+                                                   "default: the most recent run."),
+    data: str = typer.Option("val", "--data", "-d", help="'val' for the run's validation split, or a text file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
@@ -203,7 +209,7 @@ def evaluate(
 def generate(
     prefix: Optional[str] = typer.Option(None, help="Text that warms the state (default: the config's)."),
     checkpoint: Optional[Path] = typer.Option(
-        None, help="Run folder or checkpoint file; default: the most recent run."),
+        None, "--checkpoint", "-C", help="Run folder or checkpoint file; default: the most recent run."),
     length: Optional[int] = typer.Option(None, help="Tokens to generate."),
     strategy: Optional[str] = typer.Option(None, help="greedy, sample, top_k or top_p."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0 means greedy."),
@@ -263,7 +269,7 @@ def score(
     text: Optional[str] = typer.Argument(None, help="Text to score (or use --file)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Score this text file instead."),
     checkpoint: Optional[Path] = typer.Option(
-        None, help="Run folder or checkpoint file; default: the most recent run."),
+        None, "--checkpoint", "-C", help="Run folder or checkpoint file; default: the most recent run."),
     as_json: bool = typer.Option(False, "--json", help="Print per-token surprisal as JSON."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:

@@ -18,6 +18,22 @@ def have_matplotlib() -> bool:
     return True
 
 
+# Written by charlm.checkpoint.record_latest_run (not imported: it would import torch for a plot).
+LATEST_POINTER = Path("runs") / "LATEST"
+
+
+def latest_run() -> Path:
+    """The most recent run's folder, as runs/LATEST names it."""
+    try:
+        text = LATEST_POINTER.read_text(encoding="utf-8").strip() if LATEST_POINTER.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if not text or "\0" in text:
+        raise CharLMError(f"no run folder given and no recent run found (in {LATEST_POINTER}); "
+                          "train one with `charlm train` or pass the run folder")
+    return Path(text)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -41,8 +57,9 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw train and validation perplexity against step into curves.png."""
+def plot_run(run_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
+    """Draw train and validation perplexity against step into curves.png (default: the latest run's)."""
+    run_dir = latest_run() if run_dir is None else run_dir
     rows = read_metrics(run_dir)
     if not have_matplotlib():
         raise CharLMError(MATPLOTLIB_HINT)
