@@ -6,8 +6,11 @@ loss, clipping, optimizer) under train.precision fp32 and bf16, and a bare PyTor
 same recurrent architecture in fp32 (the kernel ceiling: embedding → nn.RNN/GRU/LSTM → linear
 on ids already in a tensor). The precisions are timed in alternating rounds and each keeps its
 best round, so a busy machine slows both alike and the bf16/fp32 ratio stays a same-run ratio.
+On a machine shared with other work, `--clock cpu` runs one thread and counts the CPU seconds
+that thread spent (time.thread_time) instead of wall time: tokens per CPU-second, which other
+processes barely move, though one thread is not two (see the README).
 
-    python scripts/bench_train.py [--rounds 3] [--steps 20] [--only lstm] [--quick]
+    python scripts/bench_train.py [--rounds 3] [--steps 20] [--only lstm] [--clock wall|cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -134,15 +137,15 @@ def make_bare_step(cfg, vocab: int):
     return step
 
 
-def rate(step, steps: int) -> float:
-    """Steps per second over `steps` steps."""
-    start = time.perf_counter()
+def rate(step, steps: int, clock=time.perf_counter) -> float:
+    """Steps per second of `clock` over `steps` steps."""
+    start = clock()
     for _ in range(steps):
         step()
-    return steps / (time.perf_counter() - start)
+    return steps / max(clock() - start, 1e-9)
 
 
-def measure(cfg, steps: int, rounds: int, folder: Path) -> dict[str, float]:
+def measure(cfg, steps: int, rounds: int, folder: Path, clock=time.perf_counter) -> dict[str, float]:
     """Tokens/s per variant: the best of `rounds` alternating rounds of `steps` steps each."""
     vocab = vocab_of(cfg)
     variants = {"fp32": make_step(cfg, vocab, "fp32", folder), "bf16": make_step(cfg, vocab, "bf16", folder)}
@@ -153,7 +156,7 @@ def measure(cfg, steps: int, rounds: int, folder: Path) -> dict[str, float]:
     best = dict.fromkeys(variants, 0.0)
     for _ in range(rounds):
         for key, step in variants.items():
-            best[key] = max(best[key], rate(step, steps))
+            best[key] = max(best[key], rate(step, steps, clock))
     tokens = cfg.data.batch_size * cfg.data.num_steps
     return {key: r * tokens for key, r in best.items()}
 
@@ -163,20 +166,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each variant keeps its best")
     parser.add_argument("--only", default=None, help="only configs whose name contains this")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: seconds on the clock, all threads; cpu: one thread's CPU seconds (shared machines)")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps x 1 round: checks the script")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 2, 1
+    clock = time.perf_counter
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        clock = time.thread_time
     for line in cpu_report():
         print(line)
-    print(f"best of {args.rounds} alternating rounds of {args.steps} steps; random ids, each config's batch"
+    print(f"best of {args.rounds} alternating rounds of {args.steps} steps; random ids, each config's batch; "
+          + ("tokens per wall-clock second" if args.clock == "wall" else "tokens per CPU-second of one thread")
           + (" (--quick: tiny models)" if args.quick else ""))
     header = f"{'config':18} {'model':12} {'B x T':>8} {'bare fp32':>10} {'fp32 tok/s':>11} {'bf16 tok/s':>11} " \
              f"{'bf16/fp32':>9} {'fp32/bare':>9}"
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in bench_cases(args.only, args.quick):
-            r = measure(cfg, args.steps, args.rounds, Path(tmp))
+            r = measure(cfg, args.steps, args.rounds, Path(tmp), clock)
             bare = f"{r['bare']:10,.0f}" if "bare" in r else f"{'-':>10}"
             vs_bare = f"{r['fp32'] / r['bare']:9.2f}" if "bare" in r else f"{'-':>9}"
             shape = f"{cfg.data.batch_size}x{cfg.data.num_steps}"

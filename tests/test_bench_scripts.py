@@ -16,6 +16,7 @@ def load_script(name: str):
     try:
         spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -66,3 +67,26 @@ def test_bench_precision_scores_both_precisions_on_the_full_validation_split(cap
     assert 1 < fp32 < 30 and 1 < bf16 < 30 and math.isfinite(change)  # V = 28: untrained is ~28
     assert change == pytest.approx(100 * (bf16 / fp32 - 1), abs=0.02)
     assert within == ("yes" if change <= 1 else "no")
+
+
+def test_check_goals_covers_the_issue_goals_and_beating_means_strictly_below():
+    goals = {g.config: g for g in load_script("check_goals").GOALS}
+    assert {name: (g.seconds, g.nats) for name, g in goals.items() if not g.strict} == {
+        "shakespeare_lstm": (75, 1.45), "shakespeare_5min": (300, 1.40), "shakespeare_gpt": (180, 1.75)}
+    assert set(goals) <= set(load_script("bench_train").shipped_configs())
+    lstm = goals["lstm"]
+    assert lstm.strict and lstm.nats == pytest.approx(math.log(3.755))
+    assert lstm.met(math.log(3.70)) and not lstm.met(math.log(3.755))
+
+
+@pytest.mark.slow
+def test_check_goals_prints_score_steps_and_verdict_per_goal(capsys):
+    code = load_script("check_goals").main(["--quick", "--only", "lstm"])
+    out = capsys.readouterr().out
+    preamble, rows = table_rows(out, "config")
+    assert any(line.startswith("cpu: ") for line in preamble)
+    assert rows[0][:3] == ["lstm", "280", "<"] and number(rows[0][3]) == pytest.approx(math.log(3.755), abs=1e-4)
+    nats, ppl, steps = number(rows[0][4]), number(rows[0][5]), int(rows[0][6])
+    assert ppl == pytest.approx(math.exp(nats), rel=1e-3) and steps >= 1
+    assert rows[0][8:10] == ["NOT", "met"] and code == 1  # a tiny model for a second cannot beat 3.755
+    assert rows[-1] == "0 of 1 goals met".split()
