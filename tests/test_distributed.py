@@ -143,6 +143,23 @@ def test_an_error_on_rank_zero_stops_every_rank_with_its_message(workdir):
     assert err.count("run folder taken already exists") == 2 and "Connection closed" not in err
 
 
+def test_nproc_checks_the_config_before_launching(workdir):
+    # Caught by the launcher, so no torchrun starts: one line, exit 2 (not two lines and a ChildFailedError)
+    rc, out, err = charlm_train(workdir, "--set", "data.batch_size=7", nproc_flag=True, timeout=60)
+    assert (rc, out) == (2, "") and err.splitlines() == [
+        "error: data.batch_size (7) must be divisible by the number of processes (2)"], err
+
+
+@torchrun_flake
+def test_nproc_turns_a_workers_error_into_one_line(workdir):
+    (workdir / "taken").mkdir()
+    (workdir / "taken" / "notes.txt").write_text("mine")
+    rc, out, err = charlm_train(workdir, "--set", "train.out=taken", nproc_flag=True, timeout=90)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: run folder taken"), err
+    assert "ChildFailedError" not in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name, dims", [("rnn", 1), ("lstm", (1, 1)), ("rnn_scratch", 0), ("mlp", 0),
                                         ("gpt", (0,) * 9)])  # tokens, then k, v of 4 layers
 def test_state_batch_dims(name, dims):
@@ -167,8 +184,9 @@ def test_launch_runs_torchrun_without_our_flag(monkeypatch):
     seen = {}
 
     class FakeTorchrun:
-        def __init__(self, command, env, start_new_session):
+        def __init__(self, command, env, start_new_session, stderr=None):
             seen.update(command=command, env=env, new_session=start_new_session)
+            self.stderr = __import__("io").BytesIO(b"")
 
         def wait(self):
             return 3

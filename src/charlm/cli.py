@@ -59,6 +59,8 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except CharLMError as exc:
+            if os.environ.get("CHARLM_WORKER_PIDS") and _reported_to_launcher(exc):
+                raise typer.Exit(exc.exit_code) from None
             raise fail(str(exc), exc.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
@@ -70,6 +72,13 @@ def friendly(command):
             raise fail(f"{where}{exc.strerror or exc}") from None
 
     return wrapper
+
+
+def _reported_to_launcher(exc: CharLMError) -> bool:
+    """A worker of `train --nproc` leaves its error to the launcher, which prints it once."""
+    from charlm.distributed import report_to_launcher
+
+    return report_to_launcher(str(exc), exc.exit_code)
 
 
 def version_callback(value: bool) -> None:
@@ -146,8 +155,9 @@ def train(
     if resume is not None:
         cfg = cfg.replace("train", out=str(resume))
     if nproc > 1:
-        from charlm.distributed import launch
+        from charlm.distributed import check_launch, launch
 
+        check_launch(cfg, nproc)
         raise typer.Exit(launch(nproc, sys.argv[1:]))
     from charlm.report import TrainingDisplay
     from charlm.runtime import stop_on_signals

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +193,51 @@ def setup(device: str = "auto") -> Dist:
     return dist
 
 
+def check_launch(cfg, nproc: int) -> None:
+    """What `--nproc` needs of the config, checked before torchrun starts (one line, not N ranks' and torchrun's)."""
+    from charlm.errors import ConfigError
+
+    if cfg.data.batch_size % nproc:
+        raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be divisible by the number of processes "
+                          f"({nproc})")
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device: '{cfg.train.device}' is not supported in a distributed run "
+                          "(use auto, cpu or cuda)")
+
+
+def report_to_launcher(message: str, exit_code: int) -> bool:
+    """In a worker that `launch` started: leave the error for it to print once, and say so.
+
+    Every rank raises rank 0's error (see Dist.main_first); printed by each, and followed by
+    torchrun's report of failed children, one mistake would be thirty lines.
+    """
+    folder = os.environ.get(PID_DIR_ENV)
+    if not folder or not launched_by_torchrun():
+        return False
+    import json
+
+    path = Path(folder) / f"error-{os.environ['RANK']}.json"
+    try:
+        path.with_suffix(".tmp").write_text(json.dumps({"message": message, "exit_code": exit_code}),
+                                            encoding="utf-8")
+        path.with_suffix(".tmp").replace(path)
+    except OSError:
+        return False
+    return True
+
+
+def _worker_error(pid_dir: Path) -> CharLMError | None:
+    import json
+
+    reports = sorted(pid_dir.glob("error-*.json"), key=lambda p: int(p.stem.split("-")[1]))  # rank 0 first
+    if not reports:
+        return None
+    data = json.loads(reports[0].read_text(encoding="utf-8"))
+    error = CharLMError(str(data["message"]))
+    error.exit_code = int(data["exit_code"])
+    return error
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """`charlm train --nproc N ...` is `torchrun --standalone --nproc_per_node N -m charlm train ...`.
 
@@ -216,7 +262,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="charlm-workers-") as pid_dir:
         env[PID_DIR_ENV] = pid_dir
         # A session of its own keeps the terminal's Ctrl-C away from torchrun; we forward it.
-        child = subprocess.Popen(command, env=env, start_new_session=True)
+        child = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.PIPE)
+        relay = threading.Thread(target=_relay_stderr, args=(child.stderr, Path(pid_dir)), daemon=True)
+        relay.start()
 
         def forward(signum, frame):
             pids = [int(p.read_text()) for p in Path(pid_dir).iterdir() if not p.suffix] or [child.pid]
@@ -228,7 +276,24 @@ def launch(nproc: int, argv: list[str]) -> int:
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return child.wait()
+            code = child.wait()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+        relay.join(timeout=5)
+        error = _worker_error(Path(pid_dir))
+        if error is not None:
+            raise error
+        return code
+
+
+def _relay_stderr(stream, pid_dir: Path) -> None:
+    """Pass the workers' and torchrun's stderr through until a worker reports a charlm error: what
+    follows is torchrun's account of the failed children, which the one error line replaces."""
+    import sys
+
+    for line in iter(stream.readline, b""):
+        if not any(pid_dir.glob("error-*.json")):
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+    stream.close()
