@@ -55,7 +55,8 @@ def run_goal(goal: Goal, root: Path, quick: bool) -> dict:
     raw["train"]["max_time"] = goal.seconds
     if quick:  # a tiny model for a second: checks the script, not the goal
         raw["train"].update(max_time=1, eval_every=10**6, eval_tokens=500)
-        raw["model"]["hidden_size"] = 16
+        if "hidden_size" in raw["model"]:  # each family records only its own options
+            raw["model"]["hidden_size"] = 16
         if cfg.model.name == "gpt":
             raw["model"].update(embedding_dim=16, num_layers=1, context=8)
         raw["data"].update(batch_size=4, num_steps=8)
