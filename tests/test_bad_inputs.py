@@ -10,6 +10,7 @@ and nothing may appear.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from cli_helpers import invoke
 from charlm.config import RunConfig, build_config, config_from_dict, dump_yaml, valid_keys
 from charlm.errors import ConfigError
 
+
+NEEDS_SERVE = pytest.mark.skipif(importlib.util.find_spec("starlette") is None, reason="needs charlm[serve]")
 
 TINY = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
         "model: {name: rnn, hidden_size: 16, embedding_dim: 8}\n"
@@ -271,6 +274,8 @@ CASES = [
     case("train-set-without-equals", "train -c tiny.yaml --set optim.lr", "--set expects section.key=value"),
     case("train-set-wrong-type", "train -c tiny.yaml --set data.batch_size=many",
          "data.batch_size: expected an integer, got 'many'"),
+    case("train-set-other-familys-key", "train -c tiny.yaml --set model.order=3",
+         "unknown config key 'model.order' (an option of ngram) for model 'rnn'; rnn takes model.hidden_size"),
     case("train-set-zero-hidden", "train -c tiny.yaml --set model.hidden_size=0",
          "model.hidden_size: 0 is out of range"),
     case("train-set-negative-batch", "train -c tiny.yaml --set data.batch_size=-4",
@@ -393,6 +398,16 @@ CASES = [
          write("binrun/metrics.jsonl", BAD_UTF8)),
     case("plot-output-is-a-folder", "plot runs/tiny", "cannot write runs/tiny/curves.png",
          remove("runs/tiny/curves.png"), folder("runs/tiny/curves.png")),
+    # ---------------------------------------------------------------- serve (fails before it listens)
+    case("serve-missing-run", "serve runs/nope", "runs/nope is not a run folder (no best.pt or last.pt)",
+         marks=NEEDS_SERVE),
+    case("serve-run-without-checkpoint", "serve unfinished", "unfinished is not a run folder (no best.pt or last.pt)",
+         write("unfinished/config.yaml", "model: {name: rnn}\n"), marks=NEEDS_SERVE),
+    case("serve-unresolvable-host", "serve runs/tiny --host no.such.host.invalid",
+         "--host 'no.such.host.invalid' is not an address of this machine", marks=NEEDS_SERVE),
+    # ---------------------------------------------------------------- configs copy
+    case("configs-copy-unknown-name", "configs copy lsmt", "no shipped config named 'lsmt' (did you mean 'lstm'?)"),
+    case("configs-copy-over-a-file", "configs copy rnn afile", "afile exists; pass --force"),
     *TAMPERED,
     *UNBOUNDED,
 ]
@@ -418,9 +433,28 @@ def test_bad_input_is_one_clear_line(ws, case: Case):
         raise FilesChanged(f"files changed or appeared: {sorted(changed)}")
 
 
-def test_the_table_is_big_enough():
-    commands = {c.values[0].args[0] for c in CASES}
-    assert len(CASES) >= 30 and commands == {"preprocess", "train", "evaluate", "generate", "score", "plot"}
+def cli_commands() -> set[str]:
+    """Every command the CLI has, as typed: `train`, `configs copy`, ..."""
+    from charlm.cli import app
+
+    def name(info) -> str:
+        return info.name or info.callback.__name__.replace("_", "-")
+
+    commands = {name(info) for info in app.registered_commands}
+    for group in app.registered_groups:
+        commands.add(group.name)
+        commands |= {f"{group.name} {name(info)}" for info in group.typer_instance.registered_commands}
+    return commands
+
+
+# Commands that take nothing a user could get wrong.
+NO_INPUT = {"configs"}  # lists the shipped configs
+
+
+def test_every_command_has_bad_input_cases():
+    covered = {" ".join(c.values[0].args[:2]) if c.values[0].args[0] in ("configs",) else c.values[0].args[0]
+               for c in CASES}
+    assert covered == cli_commands() - NO_INPUT
 
 
 # ---------------------------------------------------------------- one 5 MB line, no newline

@@ -1,3 +1,5 @@
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -79,12 +81,22 @@ def test_too_little_data_is_a_clear_error():
 
 
 def test_memmap_input_is_not_copied_whole(tmp_path):
+    # tracemalloc sees numpy's allocations but not the memory map's pages: a copy of the ids is at
+    # least n bytes; a sampler's own arrays (the random order: 4 bytes per 256-token subsequence)
+    # and a batch are a few kB.
+    n = 4_000_000
     path = tmp_path / "ids.bin"
-    np.arange(5000, dtype=np.uint16).tofile(path)
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    np.zeros(n, dtype=np.uint8).tofile(path)
+    ids = np.memmap(path, dtype=np.uint8, mode="r")
     for name in available_samplings():
-        x, y = next(make_sampler(name, ids, 4, 10, 0).epoch(0))
-        assert isinstance(x, np.ndarray) and x.shape == (4, 10) and x.dtype == np.uint16
+        tracemalloc.start()
+        try:
+            x, y = next(make_sampler(name, ids, 4, 256, 0).epoch(0))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert isinstance(x, np.ndarray) and x.shape == y.shape == (4, 256) and x.dtype == np.uint8
+        assert peak < n // 8, f"{name}: {peak} bytes allocated for one batch"
 
 
 @settings(max_examples=60, deadline=None)

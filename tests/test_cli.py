@@ -1,6 +1,9 @@
 """End to end through the real command line, on a small slice of The Time Machine."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -116,8 +119,13 @@ def test_train_generate_evaluate_score(trained):
 
 
 def test_generate_rejects_unknown_characters_and_bad_sampling(trained):
-    bad = invoke("generate", "--prefix", "time 42")
-    assert bad.exit_code == 0  # letters normalization turns digits into spaces: nothing unknown
+    # The run's text is normalized to letters: a prefix is normalized the same way first (" 42"
+    # becomes one space), so nothing in it is unknown; a stop string is taken as typed.
+    normalized = invoke("generate", "--prefix", "time 42", "--length", "5", "--seed", "0")
+    assert normalized.exit_code == 0 and normalized.output.startswith("time ")
+    assert len(normalized.output.strip("\n")) == len("time ") + 5
+    unknown = invoke("generate", "--stop", "42")
+    assert unknown.exit_code == 2 and "not in the vocabulary: '2', '4'" in unknown.output
     for args, message in ((["--temperature", "-1"], "temperature"),
                           (["--strategy", "top_p", "--top-p", "1.5"], "top_p"),
                           (["--strategy", "top_k", "--top-k", "0"], "top_k"), (["--strategy", "beam"], "beam")):
@@ -125,13 +133,43 @@ def test_generate_rejects_unknown_characters_and_bad_sampling(trained):
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
-def test_interrupt_then_resume_through_the_cli(trained):
-    result = invoke("train", "--resume", "runs/tiny", "--set", "train.max_steps=15", "--quiet")
+def test_interrupt_then_resume_through_the_cli(trained, monkeypatch):
+    from charlm.report import TrainingDisplay
+
+    shown = TrainingDisplay.on_event
+
+    def ctrl_c_after_step_5(self, kind, info):
+        shown(self, kind, info)
+        if kind == "log" and info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the CLI's handler asks for a stop
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TrainingDisplay, "on_event", ctrl_c_after_step_5)
+        cut = invoke("train", "--config", "tiny.yaml", "--set", "train.out=runs/cut", "--quiet")
+    assert cut.exit_code == 0, cut.output
+    stopped = re.search(r"interrupted at step (\d+)", cut.output)
+    assert stopped and 5 <= int(stopped[1]) < 10, cut.output  # after the step under way when the signal came
+    assert "charlm train --resume runs/cut" in cut.output
+    result = invoke("train", "--resume", "runs/cut", "--quiet")
     assert result.exit_code == 0, result.output
-    assert "finished at step 15" in result.output
-    refused = invoke("train", "--resume", "runs/tiny", "--set", "optim.lr=0.5")
+    assert "finished at step 10" in result.output
+
+    # As if never stopped: the same weights and validation as the fixture's uninterrupted run of this config
+    # (the interrupted run also logged, and evaluated, the step it stopped at).
+    import torch
+
+    whole, cut = (torch.load(trained / "runs" / run / "last.pt", weights_only=True) for run in ("tiny", "cut"))
+    assert whole["step"] == cut["step"] == 10
+    assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+
+    def val_at_10(run):
+        rows = [json.loads(line) for line in (trained / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["val_perplexity"] for r in rows if r["step"] == 10 and "val_perplexity" in r]
+
+    assert val_at_10("cut") == val_at_10("tiny") != []
+    refused = invoke("train", "--resume", "runs/cut", "--set", "optim.lr=0.5")
     assert refused.exit_code == 2 and "--resume cannot change optim.lr" in refused.output
-    plot = invoke("plot", "runs/tiny")
+    plot = invoke("plot", "runs/cut")
     assert plot.exit_code == 0 and "curves.png" in plot.output
 
 

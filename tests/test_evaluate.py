@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,7 +160,34 @@ def test_ids_beyond_the_model_vocabulary_are_a_data_error():
         evaluate_ids(Uniform(5), np.array([1, 2, 9, 1]))
 
 
+def _anonymous_bytes() -> int:
+    """Memory the process holds that no file backs (a memory map's pages are file-backed)."""
+    for line in open("/proc/self/status", encoding="ascii"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+class AnonymousMemoryWatch(nn.Module):
+    """Uniform over 5 tokens; records the most anonymous memory the process held at any chunk."""
+
+    vocab_size = 5
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+
+    def init_state(self, batch_size, device):
+        return None
+
+    def forward(self, ids, state=None):
+        self.peak = max(self.peak, _anonymous_bytes())
+        return torch.zeros(*ids.shape, 5), state
+
+
 def test_memmap_ids_are_read_in_chunks(tmp_path):
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc to see the process's memory")
     path = tmp_path / "val.bin"
     data = np.random.default_rng(0).integers(0, 5, 1000).astype(np.uint16)
     data.tofile(path)
@@ -167,3 +195,14 @@ def test_memmap_ids_are_read_in_chunks(tmp_path):
     model = TinyGRU()
     assert evaluate_ids(model, ids, chunk_len=128).nats_per_token == pytest.approx(
         evaluate_ids(model, torch.from_numpy(data.astype(np.int64))).nats_per_token, abs=1e-6)
+    # A copy of the ids, in numpy or in torch, is anonymous memory the size of the map or more
+    # (8 MB here, 32 MB as int64); chunks of 4096 ids read from the map cost a few hundred kB.
+    big = tmp_path / "big.bin"
+    np.zeros(4_000_000, dtype=np.uint16).tofile(big)
+    ids = np.memmap(big, dtype=np.uint16, mode="r")
+    evaluate_ids(AnonymousMemoryWatch(), np.zeros(10_000, np.uint16), chunk_len=4096)  # first-call allocations
+    watch, before = AnonymousMemoryWatch(), _anonymous_bytes()
+    assert evaluate_ids(watch, ids, chunk_len=4096).tokens == len(ids) - 1
+    assert watch.peak - before < ids.nbytes // 4, f"{(watch.peak - before) / 1e6:.1f} MB held while evaluating"
+
+
