@@ -12,7 +12,6 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from charlm import __version__
 from charlm.errors import CharLMError
@@ -33,19 +32,10 @@ out = Console(soft_wrap=not sys.stdout.isatty())
 err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
-MAX_ERROR_CHARS = 1000  # a message quoting a value the user gave stays a line, however big the value
-
-
-def shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """`message` cut in its middle (keeping the end, which says what to do) to at most `limit` characters."""
-    if len(message) <= limit:
-        return message
-    tail = limit // 3
-    return f"{message[:limit - tail - 1]}…{message[-tail:]}"
-
-
 def fail(message: str, code: int = 2) -> typer.Exit:
     # User text (paths, keys) is shown as typed: no Rich markup, and always on one line.
+    from charlm.report import shorten
+
     message = escape(shorten(message).replace("\r", "\\r").replace("\n", "\\n"))
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -201,16 +191,9 @@ def evaluate(
     if as_json:
         print(json.dumps(result.to_dict()))
         return
-    unit = "char" if result.level == "char" else "token"
-    table = Table(title=escape(f"{result.checkpoint} on {data}"), show_header=False, box=None)
-    for name, value in (("tokens scored", f"{result.tokens:,}"),
-                        ("cross-entropy", f"{result.nats_per_token:.4f} nats/{unit}"),
-                        ("", f"{result.bits_per_token:.4f} bits/{unit}"),
-                        ("perplexity", f"{result.perplexity:.3f}"),
-                        ("uniform baseline", f"{result.vocab_size} (vocabulary size)"),
-                        ("unknown (<unk>)", f"{result.unknown:,}")):
-        table.add_row(name, value)
-    out.print(table)
+    from charlm.report import print_evaluation
+
+    print_evaluation(out, result, data)
 
 
 @app.command(epilog='Examples: charlm generate --prefix "time traveller"\n\n'
@@ -330,14 +313,10 @@ def configs(ctx: typer.Context) -> None:
     """List the configs shipped with charlm; `charlm train --config NAME` runs one."""
     if ctx.invoked_subcommand is not None:
         return
+    from charlm.report import print_configs
     from charlm.shipped import shipped_configs
 
-    table = Table(show_header=True, box=None, pad_edge=False)
-    table.add_column("name", style="bold")
-    table.add_column("what it trains")
-    for item in shipped_configs().values():
-        table.add_row(item.name, escape(item.description))
-    out.print(table)
+    print_configs(out, shipped_configs().values())
 
 
 @configs_app.command("copy", epilog="Example: charlm configs copy rnn my_rnn.yaml && charlm train -c my_rnn.yaml")

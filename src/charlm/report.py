@@ -11,6 +11,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 
+MAX_ERROR_CHARS = 1000  # a message quoting a value the user gave stays a line, however big the value
+
+
+def shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`message` cut in its middle (keeping the end, which says what to do) to at most `limit` characters."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    return f"{message[:limit - tail - 1]}…{message[-tail:]}"
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -164,3 +175,27 @@ def print_surprisal(console: Console, result) -> None:
     console.print(f"total {result.total_bits:.1f} bits over {scored} predicted tokens "
                   f"({result.total_bits / max(scored, 1):.3f} bits/token), perplexity {result.perplexity:.3f}"
                   + (f", {result.unknown} unknown" if result.unknown else ""), highlight=False)
+
+
+def print_evaluation(console: Console, result, data: str) -> None:
+    """`charlm evaluate`'s table: the scores of one checkpoint on one text."""
+    unit = "char" if result.level == "char" else "token"
+    table = Table(title=escape(f"{result.checkpoint} on {data}"), show_header=False, box=None)
+    for name, value in (("tokens scored", f"{result.tokens:,}"),
+                        ("cross-entropy", f"{result.nats_per_token:.4f} nats/{unit}"),
+                        ("", f"{result.bits_per_token:.4f} bits/{unit}"),
+                        ("perplexity", f"{result.perplexity:.3f}"),
+                        ("uniform baseline", f"{result.vocab_size} (vocabulary size)"),
+                        ("unknown (<unk>)", f"{result.unknown:,}")):
+        table.add_row(name, value)
+    console.print(table)
+
+
+def print_configs(console: Console, configs) -> None:
+    """`charlm configs`: each shipped config's name and what it trains."""
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("name", style="bold")
+    table.add_column("what it trains")
+    for item in configs:
+        table.add_row(item.name, escape(item.description))
+    console.print(table)
