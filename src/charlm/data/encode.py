@@ -56,7 +56,7 @@ def encode_source(path: Path, tmp: Path | None, level: str, normalize: str, val_
     census = (CharCensus if level == "char" else WordCensus)(pieces("count"))
     tokens, n = census.tokens, int(census.counts.sum())
     if all(t.isspace() for t in tokens[1:]):
-        hint = " (letters keeps only a-z; try --normalize none)" if normalize == "letters" else ""
+        hint = " (letters keeps only a-z; try --normalize none, or lower)" if normalize == "letters" else ""
         raise DataError(f"{path} has no text left after normalize={normalize} (only whitespace){hint}")
     boundary = max(1, round((1 - val_fraction) * n))
     skip = np.array([False] + [t.isspace() for t in tokens[1:]]) if level == "word" else None
