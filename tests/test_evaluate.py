@@ -35,6 +35,8 @@ class Uniform(nn.Module):
 class NextChar(nn.Module):
     """Puts logit s on id + 1 (a→b→c→d→a), 0 elsewhere: known probabilities, no state."""
 
+    vocab_size = 5  # the model contract: logits are (B, T, vocab_size)
+
     def __init__(self, s=2.0):
         super().__init__()
         self.s = s
@@ -57,7 +59,7 @@ class TinyGRU(nn.Module):
         self.rnn = nn.GRU(8, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab_size)
         self.dropout = nn.Dropout(0.5)  # must be off during evaluation
-        self.hidden = hidden
+        self.hidden, self.vocab_size = hidden, vocab_size
 
     def init_state(self, batch_size, device):
         return torch.zeros(1, batch_size, self.hidden, device=device)

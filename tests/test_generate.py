@@ -2,17 +2,24 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from charlm.config import GenerateConfig
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import evaluate_text
-from charlm.generate import generate, novelty
+from charlm.generate import generate, novelty, start_token, unescape, warm
 from charlm.models import available_models, build_model, model_options
 
 CHARS = ["a", "b", "c", "d"]
+LETTERS = Vocab(["<unk>", " "] + list("abcdefghijklmnopqrstuvwxyz"), [0] + [1] * 27)
+
+
+def gen(model, vocab, prompt, *, normalize="none", on_token=None, fast=True, **params):
+    return generate(model, vocab, prompt, GenerateConfig(**params), normalize=normalize, on_token=on_token, fast=fast)
 
 
 def char_vocab():
@@ -52,7 +59,7 @@ def expected_greedy(prefix_len, length):
 
 def test_greedy_continues_from_the_carried_state():
     model = PositionModel()
-    out = generate(model, char_vocab(), "ab", length=7, strategy="greedy")
+    out = gen(model, char_vocab(), "ab", length=7, strategy="greedy")
     assert out.prefix == "ab"
     assert out.continuations == [expected_greedy(2, 7)] == ["cdabcda"]
     assert out.texts == ["abcdabcda"]
@@ -61,7 +68,7 @@ def test_greedy_continues_from_the_carried_state():
 
 def test_prefix_is_one_forward_then_single_tokens_fed_back():
     model = PositionModel(sharpness=1.0)
-    out = generate(model, char_vocab(), "abca", length=6, num_samples=3, seed=0)
+    out = gen(model, char_vocab(), "abca", length=6, num_samples=3, seed=0)
     shapes = [tuple(ids.shape) for ids, _, _ in model.calls]
     # one call over the whole prefix, then one (B, 1) call per new token except the last
     assert shapes == [(3, 4)] + [(3, 1)] * 5
@@ -75,7 +82,7 @@ def test_prefix_is_one_forward_then_single_tokens_fed_back():
 def test_model_runs_in_eval_and_inference_mode_and_gets_its_mode_back():
     model = PositionModel()
     model.train()
-    generate(model, char_vocab(), "a", length=3)
+    gen(model, char_vocab(), "a", length=3)
     assert all(not training and inference for _, training, inference in model.calls)
     assert model.training
 
@@ -84,7 +91,7 @@ def test_same_seed_same_text_other_seed_other_text():
     vocab = char_vocab()
 
     def run(seed):
-        return generate(PositionModel(1.0), vocab, "ab", length=60, num_samples=2, seed=seed)
+        return gen(PositionModel(1.0), vocab, "ab", length=60, num_samples=2, seed=seed)
 
     first, again, other = run(7), run(7), run(8)
     assert first.continuations == again.continuations and first.seed == 7
@@ -93,13 +100,13 @@ def test_same_seed_same_text_other_seed_other_text():
 
 def test_unseeded_run_reports_a_seed_that_reproduces_it():
     vocab = char_vocab()
-    out = generate(PositionModel(1.0), vocab, "ab", length=40)
-    again = generate(PositionModel(1.0), vocab, "ab", length=40, seed=out.seed)
+    out = gen(PositionModel(1.0), vocab, "ab", length=40)
+    again = gen(PositionModel(1.0), vocab, "ab", length=40, seed=out.seed)
     assert again.continuations == out.continuations
 
 
 def test_a_batch_of_samples_has_one_continuation_each():
-    out = generate(PositionModel(1.0), char_vocab(), "ab", length=50, num_samples=5, seed=1)
+    out = gen(PositionModel(1.0), char_vocab(), "ab", length=50, num_samples=5, seed=1)
     assert len(out.continuations) == 5
     assert all(len(c) == 50 and set(c) <= set(CHARS) for c in out.continuations)
     assert len(set(out.continuations)) == 5
@@ -107,9 +114,9 @@ def test_a_batch_of_samples_has_one_continuation_each():
 
 def test_stop_string_may_start_in_the_prefix_and_is_included():
     vocab = char_vocab()
-    out = generate(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="bc")
+    out = gen(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="bc")
     assert out.continuations == ["c"] and out.stopped == [True]
-    out = generate(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="da")
+    out = gen(PositionModel(), vocab, "ab", length=20, strategy="greedy", stop="da")
     assert out.continuations == ["cda"] and out.stopped == [True]
 
 
@@ -121,7 +128,7 @@ def test_stop_is_per_sample_and_the_loop_ends_when_all_stopped():
         for b, piece in enumerate(pieces):
             streamed[b].append(piece)
 
-    out = generate(model, char_vocab(), "a", length=500, num_samples=6, seed=3, stop="dd",
+    out = gen(model, char_vocab(), "a", length=500, num_samples=6, seed=3, stop="dd",
                    on_token=on_token)
     assert all(out.stopped)
     for text in out.continuations:
@@ -133,18 +140,18 @@ def test_stop_is_per_sample_and_the_loop_ends_when_all_stopped():
 
 
 def test_samples_that_never_stop_run_to_length():
-    out = generate(PositionModel(), char_vocab(), "a", length=9, strategy="greedy", stop="aa")
+    out = gen(PositionModel(), char_vocab(), "a", length=9, strategy="greedy", stop="aa")
     assert out.continuations == [expected_greedy(1, 9)] and out.stopped == [False]
 
 
 def test_stop_string_the_model_cannot_produce_is_rejected():
     with pytest.raises(ConfigError, match=r"stop string has characters not in the vocabulary: '\\n'"):
-        generate(PositionModel(), char_vocab(), "a", stop="\n")
+        gen(PositionModel(), char_vocab(), "a", stop="\n")
 
 
 def test_on_token_streams_every_step():
     seen = []
-    out = generate(PositionModel(), char_vocab(), "ab", length=4, strategy="greedy",
+    out = gen(PositionModel(), char_vocab(), "ab", length=4, strategy="greedy",
                    num_samples=2, on_token=lambda step, pieces: seen.append((step, pieces)))
     assert seen == [(0, ["c", "c"]), (1, ["d", "d"]), (2, ["a", "a"]), (3, ["b", "b"])]
     assert out.continuations == ["cdab", "cdab"]
@@ -152,7 +159,7 @@ def test_on_token_streams_every_step():
 
 def test_unknown_prefix_characters_error_by_default():
     with pytest.raises(CharLMError) as err:
-        generate(PositionModel(), char_vocab(), "a7bQ", length=3)
+        gen(PositionModel(), char_vocab(), "a7bQ", length=3)
     assert str(err.value) == (
         "prefix has characters not in the vocabulary: '7', 'Q' "
         "(use --unknown map to replace them with <unk>)"
@@ -161,7 +168,7 @@ def test_unknown_prefix_characters_error_by_default():
 
 def test_unknown_map_feeds_unk_and_reports_the_tokens():
     model = PositionModel()
-    out = generate(model, char_vocab(), "a7bQ", length=3, strategy="greedy", unknown="map")
+    out = gen(model, char_vocab(), "a7bQ", length=3, strategy="greedy", unknown="map")
     assert out.mapped == ["7", "Q"]
     assert model.calls[0][0].tolist() == [[1, 0, 2, 0]]
     assert out.prefix == "a7bQ" and out.continuations == [expected_greedy(4, 3)]
@@ -169,45 +176,119 @@ def test_unknown_map_feeds_unk_and_reports_the_tokens():
 
 def test_prefix_is_normalized_like_the_training_text():
     model = PositionModel()
-    out = generate(model, char_vocab(), "AbC", normalize="lower", length=2, strategy="greedy")
+    out = gen(model, char_vocab(), "AbC", normalize="lower", length=2, strategy="greedy")
     assert out.prefix == "abc"
     assert model.calls[0][0].tolist() == [[1, 2, 3]]
     with pytest.raises(CharLMError, match="'A', 'C'"):
-        generate(PositionModel(), char_vocab(), "AbC", normalize="none")
+        gen(PositionModel(), char_vocab(), "AbC", normalize="none")
 
 
-def test_empty_prefix_warms_on_a_single_unk():
+def test_empty_prefix_starts_as_after_a_newline_never_from_unk():
+    with_newline = Vocab(["<unk>", "a", "b", "\n", " "], [0, 4, 3, 2, 1])
     model = PositionModel()
-    out = generate(model, char_vocab(), "", length=5, strategy="greedy", num_samples=2)
-    assert model.calls[0][0].tolist() == [[0], [0]]
-    assert out.prefix == "" and out.continuations == [expected_greedy(1, 5)] * 2
+    out = gen(model, with_newline, "", length=5, strategy="greedy", num_samples=2)
+    assert model.calls[0][0].tolist() == [[3], [3]]  # "\n", not <unk> (0)
+    assert out.prefix == "" and out.continuations == [with_newline.decode([2, 3, 4, 1, 2])] * 2
+    assert start_token(Vocab(["<unk>", "a", " "], [0, 4, 1])) == 2  # no newline: a space
+    assert start_token(char_vocab()) == 1  # neither: the most frequent token
 
 
-def test_length_zero_runs_nothing():
-    model = PositionModel()
-    out = generate(model, char_vocab(), "ab", length=0, num_samples=2)
-    assert out.continuations == ["", ""] and model.calls == []
+class Newlines(nn.Module):
+    """Always favours id 1 (a newline below), whatever it has seen."""
+
+    def init_state(self, batch_size, device):
+        return None
+
+    def forward(self, ids, state=None):
+        return torch.tensor([-9.0, 9.0, 0.0]).expand(*ids.shape, 3), state
+
+
+def test_a_stop_string_never_matches_the_start_token():
+    vocab = Vocab(["<unk>", "\n", "a"], [0, 1, 1])
+    out = gen(Newlines(), vocab, "", length=3, strategy="greedy", stop="\n\n")
+    assert out.continuations == ["\n\n"] and out.stopped == [True]  # not "\n": the start is not text
+
+
+def test_a_long_prefix_warms_in_chunks_that_equal_one_piece(monkeypatch):
+    torch.manual_seed(0)
+    model, _ = build_model("lstm", len(LETTERS), hidden_size=16, embedding_dim=8)
+    model.eval()
+    ids = np.random.default_rng(0).integers(1, len(LETTERS), 1000)
+    with torch.inference_mode():
+        whole, whole_state = warm(model, ids, 2, "cpu", chunk=len(ids))
+        pieces, pieces_state = warm(model, ids, 2, "cpu", chunk=7)
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pieces_state, whole_state, rtol=1e-5, atol=1e-6)
+    prompt = LETTERS.decode(ids.tolist())
+    params = GenerateConfig(length=100, num_samples=2, seed=4)
+    chunked = gen(model, LETTERS, prompt, length=100, num_samples=2, seed=4).continuations
+    monkeypatch.setattr("charlm.generate.WARM_CHUNK", 10**9)
+    assert generate(model, LETTERS, prompt, params).continuations == chunked
+
+
+PEAK_SCRIPT = """
+import resource, sys, torch
+from charlm.config import GenerateConfig
+from charlm.data.vocab import Vocab
+from charlm.generate import generate
+from charlm.models import build_model
+vocab = Vocab(["<unk>", " "] + list("abcdefghijklmnopqrstuvwxyz"), [0] + [1] * 27)
+torch.manual_seed(0)
+torch.set_num_threads(1)
+model, _ = build_model("mlp", len(vocab), context=3, embedding_dim=8, hidden_size=16)  # no time loop: fast
+generate(model, vocab, "ab" * 100, GenerateConfig(length=5))  # the libraries' own memory
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+prompt = "the time traveller " * (int(sys.argv[1]) // 19)
+out = generate(model, vocab, prompt, GenerateConfig(length=5, stop="xq"))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def test_memory_stays_flat_in_the_prefix_length():
+    """A 2M-character prefix: in one piece its windows' (1, 2M, 3, 8) embeddings, (1, 2M, 16) hidden
+    and (1, 2M, 28) logits alone are ~550 MB; in chunks the peak grows by the prefix's text and ids."""
+    import subprocess
+    import sys
+
+    grown = float(subprocess.run([sys.executable, "-c", PEAK_SCRIPT, "2000000"], capture_output=True, text=True,
+                                 check=True).stdout)
+    assert grown < 100, f"peak RSS grew {grown:.0f} MB for a 2 MB prefix"
+
+
+def test_escapes_are_read_and_a_bad_one_is_one_line():
+    assert unescape(r"ROMEO:\n\tx\\n\x41\u00e9\U0001F600 \'q\"") == "ROMEO:\n\tx\\nAé\U0001F600 'q\""
+    assert unescape("no escapes") == "no escapes"
+    for bad in (r"\q", r"\x4", "end\\", r"\U00110000"):
+        with pytest.raises(ConfigError, match=r"^--stop: bad escape .*and \\\\ for a backslash$"):
+            unescape(bad, "--stop")
+
+
+def test_length_zero_is_refused_like_everywhere_else():
+    with pytest.raises(ConfigError, match="length must be at least 1, got 0"):
+        gen(PositionModel(), char_vocab(), "ab", length=0)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"length": -1}, "length must be >= 0"),
-        ({"num_samples": 0}, "num_samples must be >= 1"),
-        ({"unknown": "skip"}, "unknown must be one of error, map"),
+        ({"length": -1}, "length must be at least 1"),
+        ({"num_samples": 0}, "num_samples must be at least 1"),
+        ({"unknown": "skip"}, "unknown: 'skip' is not one of error, map"),
+        ({"precision": "fp8"}, "precision: 'fp8' is not one of fp32, bf16, int8"),
+        ({"seed": 1 << 64}, "seed must fit in 64 bits"),
         ({"strategy": "top_k"}, "needs top_k"),
         ({"temperature": -1.0}, "temperature"),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        generate(PositionModel(), char_vocab(), "a", **kwargs)
+        gen(PositionModel(), char_vocab(), "a", **kwargs)
 
 
 def test_word_level_streams_and_joins_like_decode():
     vocab = Vocab(["<unk>", "the", " ", "cat", "sat"], [0, 2, 2, 1, 1], level="word")
     seen = []
-    out = generate(PositionModel(), vocab, "the cat", length=3, strategy="greedy",
+    out = gen(PositionModel(), vocab, "the cat", length=3, strategy="greedy",
                    on_token=lambda step, pieces: seen.append(pieces[0]))
     assert out.prefix == "the cat"
     assert out.continuations == ["sat" + "the" + " "]  # ids 4, 1, 2 after 3 tokens seen
@@ -256,10 +337,10 @@ def test_every_registered_model_serves_generate_and_evaluate(name):
     torch.manual_seed(0)
     small = dict(hidden_size=16, num_layers=1, embedding_dim=8, context=3, order=3)
     model, _ = build_model(name, len(vocab), **{k: v for k, v in small.items() if k in model_options(name)})
-    out = generate(model, vocab, "the time", length=12, num_samples=3, seed=0, stop="e")
+    out = gen(model, vocab, "the time", length=12, num_samples=3, seed=0, stop="e")
     assert len(out.continuations) == 3
     assert all(len(c) <= 12 and (s == c.endswith("e")) for c, s in zip(out.continuations, out.stopped))
-    assert generate(model, vocab, "", length=5, seed=0).continuations[0] != ""
+    assert gen(model, vocab, "", length=5, seed=0).continuations[0] != ""
     text = "the time traveller for so it will be convenient to speak of him"
     short, long = (evaluate_text(model, vocab, text, chunk_len=n).nats_per_token for n in (5, 100))
     assert short == pytest.approx(long, abs=1e-5)

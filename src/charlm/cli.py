@@ -197,34 +197,44 @@ def evaluate(
 
 
 @app.command(epilog='Examples: charlm generate --prefix "time traveller"\n\n'
-                    'charlm generate --prefix "ROMEO:" --strategy top_p --top-p 0.9 --num-samples 3 --seed 1')
+                    'charlm generate --prefix "ROMEO:" --strategy top_p --top-p 0.9 --num-samples 3 --seed 1\n\n'
+                    "charlm generate --prefix 'ROMEO:\\n' --stop '\\n\\n' --precision bf16")
 @friendly
 def generate(
-    prefix: Optional[str] = typer.Option(None, help="Text that warms the state (default: the config's)."),
+    prefix: Optional[str] = typer.Option(
+        None, "--prefix", help="Text that warms the state (default: the config's); escapes such as \\n, "
+        "\\t, \\xNN, \\uNNNN are read, \\\\ is a backslash. Empty: start as after a newline "
+        "(a space where the vocabulary has none)."),
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", "-C", help="Run folder or checkpoint file; default: the most recent run."),
-    length: Optional[int] = typer.Option(None, help="Tokens to generate."),
+    length: Optional[int] = typer.Option(None, help="Tokens to generate (at least 1)."),
     strategy: Optional[str] = typer.Option(None, help="greedy, sample, top_k or top_p."),
     temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0 means greedy."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep the k most likely tokens (top_k)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Keep the smallest set with this mass (top_p)."),
-    num_samples: int = typer.Option(1, "--num-samples", "-n", help="Samples, generated as one batch."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Samples, generated as one batch."),
     seed: Optional[int] = typer.Option(None, help="Random seed: the same seed gives the same text."),
-    stop: Optional[str] = typer.Option(None, help="Stop a sample once it produces this string."),
-    unknown: str = typer.Option("error", help="Prefix characters outside the vocabulary: error or map (to <unk>)."),
+    stop: Optional[str] = typer.Option(None, help="Stop a sample once it produces this string (escapes as in --prefix, "
+                                                  "so '\\n\\n' is a blank line)."),
+    unknown: Optional[str] = typer.Option(None, help="Prefix characters outside the vocabulary: error or map "
+                                                     "(to <unk>)."),
+    precision: Optional[str] = typer.Option(
+        None, help="The recurrent step's weights: fp32 (default, exact), or opt-in bf16 or int8 (faster on some "
+                   "CPUs, slightly different text)."),
     continuation_only: bool = typer.Option(False, "--continuation-only", help="Print only the new text."),
     check_novelty: bool = typer.Option(False, "--check-novelty",
                                        help="Report each sample's longest substring found in the training text."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """Continue a prefix, one token at a time with the state carried (streams as it goes)."""
+    from charlm.generate import unescape
     from charlm.inference import generate_from_checkpoint
 
-    streaming = num_samples == 1 and out.is_terminal
-    options = dict(prefix=prefix, length=length, strategy=strategy, temperature=temperature, top_k=top_k,
-                   top_p=top_p, num_samples=num_samples, seed=seed, stop=stop, unknown=unknown, device=device,
-                   check_novelty=check_novelty)
-
+    streaming = (num_samples or 1) == 1 and out.is_terminal
+    overrides = dict(prefix=None if prefix is None else unescape(prefix, "--prefix"), length=length,
+                     strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
+                     seed=seed, stop=None if stop is None else unescape(stop, "--stop"), unknown=unknown,
+                     precision=precision)
     pending_prefix = []
 
     def show_prefix(text: str) -> None:
@@ -232,21 +242,21 @@ def generate(
             pending_prefix.append(text)
 
     def on_token(step: int, tokens: list[str]) -> None:
-        # The prefix is written with the first token, once generate() has accepted it: a prefix
-        # it rejects (unknown characters) must leave nothing on stdout but the error line.
+        # The prefix is written with the first token, once generation has started: a prefix it
+        # rejects must leave nothing on stdout but the error line.
         out.file.write("".join(pending_prefix) + tokens[0])
         pending_prefix.clear()
         out.file.flush()
 
-    run = generate_from_checkpoint(checkpoint, on_prefix=show_prefix, on_token=on_token if streaming else None,
-                                   **options)
+    run = generate_from_checkpoint(checkpoint, device=device, check_novelty=check_novelty, on_prefix=show_prefix,
+                                   on_token=on_token if streaming else None, **overrides)
     for warning in run.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for i, text in enumerate(run.result.continuations):
         if streaming:
             out.file.write("\n")
         else:
-            if num_samples > 1:
+            if len(run.result.continuations) > 1:
                 out.print(f"[dim]--- sample {i + 1}[/]", highlight=False)
             out.file.write(("" if continuation_only else run.result.prefix) + text + "\n")
         if run.novelty:

@@ -60,12 +60,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
+    """Everything `generate` takes: the config's defaults, overridden by `charlm generate`'s flags."""
+
     prefix: str = ""
     length: int = field(default=200, metadata=bounded(1))
     strategy: str = "sample"
     temperature: float = field(default=1.0, metadata=bounded(0.0))
     top_k: int | None = field(default=None, metadata=bounded(1))
     top_p: float | None = field(default=None, metadata=bounded(0.0, 1.0, lo_open=True))
+    num_samples: int = field(default=1, metadata=bounded(1))
+    seed: int | None = field(default=None, metadata=bounded(-(2**63), 2**64 - 1))
+    stop: str | None = None
+    unknown: Literal["error", "map"] = "error"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"  # of the recurrent step; see charlm.fastgen
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.data.text import normalize as normalize_text
 from charlm.data.text import tokenize
+from charlm.data.vocab import encode_text
 from charlm.errors import DataError
 from charlm.precision import exact_fp32
 
@@ -80,12 +80,6 @@ def _check_length(n: int) -> None:
         )
 
 
-def _vocab_size(model, device: torch.device) -> int:
-    """Probe with one token, so ids can be checked before any indexes past the embedding."""
-    probe, _ = model(torch.zeros((1, 1), dtype=torch.long, device=device), model.init_state(1, device))
-    return probe.shape[-1]
-
-
 def _count(ids: torch.Tensor, unk_id: int | None) -> int:
     return 0 if unk_id is None else int((ids == unk_id).sum())
 
@@ -134,7 +128,7 @@ def evaluate_ids(
     total = 0.0  # python floats are float64
     unknown = _count(_as_long(ids[:1], device), unk_id)  # the unscored first token counts too
     with eval_mode(model), torch.inference_mode(), exact_fp32(device):
-        vocab_size = _vocab_size(model, device)
+        vocab_size = model.vocab_size  # the model contract: logits are (B, T, vocab_size)
         for loss, targets, _ in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
             total += float(loss)
             unknown += _count(targets, unk_id)
@@ -150,11 +144,6 @@ def evaluate_ids(
     )
 
 
-def _text_ids(vocab, text: str, normalize: str) -> tuple[list[str], np.ndarray]:
-    tokens = tokenize(normalize_text(text, normalize), vocab.level)
-    return tokens, np.asarray(vocab.encode(tokens), dtype=np.int64)
-
-
 def evaluate_text(
     model: torch.nn.Module,
     vocab,
@@ -168,7 +157,7 @@ def evaluate_text(
 
     Tokens the vocabulary lacks become <unk> and are counted in `unknown`.
     """
-    _, ids = _text_ids(vocab, text, normalize)
+    ids = encode_text(vocab, text, normalize).ids
     return evaluate_ids(model, ids, chunk_len=chunk_len, device=device, unk_id=0)
 
 
@@ -186,14 +175,15 @@ def score_text(
 
     `top=k` also lists, for every scored token, the k tokens the model found likeliest there.
     """
-    tokens, ids = _text_ids(vocab, text, normalize)
+    encoded = encode_text(vocab, text, normalize)
+    tokens, ids = tokenize(encoded.text, vocab.level), encoded.ids
     _check_length(len(ids))
     device = torch.device(device)
     nats: list[float] = []
     alternatives: list[list[tuple[str, float]] | None] = [None]
     unknown = int(ids[0] == 0)
     with eval_mode(model), torch.inference_mode(), exact_fp32(device):
-        vocab_size = _vocab_size(model, device)
+        vocab_size = model.vocab_size  # the model contract: logits are (B, T, vocab_size)
         for loss, targets, logits in _scored_chunks(model, ids, vocab_size, chunk_len, device, "none"):
             nats.extend(loss.tolist())
             unknown += _count(targets, 0)

@@ -1,21 +1,30 @@
-"""Generation: warm the model's state on a prefix once, then decode one token per step."""
+"""Generation: warm the model's state on a prompt in bounded chunks, then decode one token per step."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from charlm.data.text import normalize as normalize_text
-from charlm.data.text import tokenize
+from charlm import fastgen
+from charlm.config import GenerateConfig
+from charlm.data.vocab import encode_text
 from charlm.errors import CharLMError, ConfigError
 from charlm.evaluate import eval_mode
 from charlm.precision import exact_fp32
 from charlm.sampling import get_strategy, validate_sampling
 
-UNK_ID = 0  # Vocab puts <unk> at id 0
 UNKNOWN_POLICIES = ("error", "map")
+# Prompt tokens per forward while warming: (B, 512, V) logits at most, so memory stays flat in the
+# prompt's length (a 10 MB prompt in one piece needed ~10 GB); the state carries across chunks.
+WARM_CHUNK = 512
+# An empty prompt starts the text as if after a line break: the first of these the vocabulary has
+# (a letters-only vocabulary has no newline). Never <unk>, which the model never saw as input.
+START_TOKENS = ("\n", " ")
 
 # on_token(step, pieces): pieces[b] is the text sample b gained at this step ("" once stopped)
 TokenCallback = Callable[[int, list[str]], None]
@@ -36,6 +45,48 @@ class GenerationResult:
         return [self.prefix + c for c in self.continuations]
 
 
+def check_params(params: GenerateConfig) -> None:
+    """Every generation parameter checked once, here: a one-line ConfigError for the first bad one."""
+    validate_sampling(params.strategy, params.temperature, params.top_k, params.top_p)
+    for name in ("length", "num_samples"):
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value!r}")
+    seed = params.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not -(1 << 63) <= seed < (1 << 64)):
+        raise ConfigError(f"seed must fit in 64 bits, got {seed!r}")
+    if params.unknown not in UNKNOWN_POLICIES:
+        raise ConfigError(f"unknown: {params.unknown!r} is not one of {', '.join(UNKNOWN_POLICIES)}")
+    if params.precision not in fastgen.PRECISIONS:
+        raise ConfigError(f"precision: {params.precision!r} is not one of {', '.join(fastgen.PRECISIONS)}")
+
+
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.|$)", re.DOTALL)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0", "'": "'", '"': '"'}
+
+
+def unescape(text: str, what: str = "text") -> str:
+    r"""Interpret \n \t \r \0 \\ \' \" \xNN \uNNNN \UNNNNNNNN as in Python; `\\` is one backslash.
+
+    Any other backslash is a one-line ConfigError (exit 2) rather than a silent literal.
+    """
+
+    def one(match: re.Match) -> str:
+        code = match.group(1)
+        if code in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[code]
+        if len(code) > 1:
+            point = int(code[1:], 16)
+            if point <= 0x10FFFF:
+                return chr(point)
+        shown = "\\" + code[:9] if code else "a lone \\ at the end"
+        raise ConfigError(f"{what}: bad escape {shown!r}; use \\n \\t \\r \\\\ \\xNN \\uNNNN, "
+                          "and \\\\ for a backslash")
+
+    return _ESCAPE.sub(one, text)
+
+
 def _missing_line(what: str, level: str, missing: Sequence[str]) -> str:
     kind = "characters" if level == "char" else "words"
     shown = ", ".join(repr(t) for t in missing[:10])
@@ -43,133 +94,123 @@ def _missing_line(what: str, level: str, missing: Sequence[str]) -> str:
     return f"{what} has {kind} not in the vocabulary: {shown}{more}"
 
 
-def _encode_prefix(vocab, text: str, unknown: str) -> tuple[list[int], list[str]]:
-    """Token ids of the (normalized) prefix, and the tokens that had to become <unk>."""
-    tokens = tokenize(text, vocab.level)
-    missing = vocab.unknown(tokens)
-    if missing and unknown == "error":
-        raise CharLMError(
-            _missing_line("prefix", vocab.level, missing)
-            + " (use --unknown map to replace them with <unk>)"
-        )
-    return vocab.encode(tokens), list(missing)
-
-
-def _encode_stop(vocab, stop: str) -> list[int]:
-    """Stop string as ids; it is not normalized, it must be text the model can emit."""
-    tokens = tokenize(stop, vocab.level)
-    if not tokens:
+def _stop_ids(vocab, stop: str) -> list[int]:
+    """Stop string as ids; it must be text the model can emit."""
+    encoded = encode_text(vocab, stop)
+    if not len(encoded.ids):
         raise ConfigError("stop string is empty; give at least one character or leave it unset")
-    missing = vocab.unknown(tokens)
-    if missing:
-        raise ConfigError(
-            _missing_line("stop string", vocab.level, missing) + ", so the model can never produce it"
-        )
-    return vocab.encode(tokens)
+    if encoded.unknown:
+        raise ConfigError(_missing_line("stop string", vocab.level, encoded.unknown)
+                          + ", so the model can never produce it")
+    return encoded.ids.tolist()
 
 
-def generate(
-    model: torch.nn.Module,
-    vocab,
-    prefix: str = "",
-    *,
-    normalize: str = "none",
-    length: int = 100,
-    strategy: str = "sample",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    num_samples: int = 1,
-    seed: int | None = None,
-    stop: str | None = None,
-    unknown: str = "error",
-    device: str | torch.device = "cpu",
-    on_token: TokenCallback | None = None,
-) -> GenerationResult:
-    """Continue `prefix` by up to `length` tokens, `num_samples` samples decoded as one batch.
+def start_token(vocab) -> int:
+    """The id an empty prompt warms on: a newline, else a space, else the most frequent token."""
+    for token in START_TOKENS:
+        if token in vocab:
+            return vocab.id_of(token)
+    return max(range(1, len(vocab)), key=lambda i: vocab.counts[i], default=0)
 
-    The prefix is normalized like the training text and run through the model in ONE forward
-    call that only warms the state; its last logits choose the first new token. Each new token is
-    then fed back as a (B, 1) input with the state carried, so a step costs the same at any length.
-    An empty prefix warms on a single <unk> token from init_state (the padding the window models
-    see at the start of a text); that <unk> is not part of the output.
 
-    `stop`: a sample stops once its text ends with the stop string after a new token (matches may
-    start inside the prefix); its continuation ends with, and includes, the stop string -- exactly
-    what was streamed. The batch runs until every sample stopped or `length` is reached.
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's tensors are (CPU for a model that has none)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
-    The model must already be on `device`; it runs in eval mode under inference_mode and gets its
-    previous train/eval mode back. The same seed gives the same text.
+
+def warm(model, ids, batch_size: int, device, chunk: int | None = None):
+    """Run `ids` (a 1-D array) through the model in chunks from init_state: (last logits (B, V), state).
+
+    Carrying the state makes the chunks one pass (the model contract), while no more than
+    (B, chunk, V) logits exist at a time.
     """
-    validate_sampling(strategy, temperature, top_k, top_p)
-    pick = get_strategy(strategy)
-    if unknown not in UNKNOWN_POLICIES:
-        raise ConfigError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}")
-    if length < 0:
-        raise ConfigError(f"length must be >= 0, got {length}")
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
-    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
-        raise ConfigError(f"seed must fit in 64 bits, got {seed}")
+    chunk = chunk or WARM_CHUNK
+    state = model.init_state(batch_size, device)
+    logits = None
+    for start in range(0, len(ids), chunk):
+        piece = torch.as_tensor(np.asarray(ids[start:start + chunk], dtype=np.int64), device=device)  # (T,)
+        logits, state = model(piece.expand(batch_size, -1).contiguous(), state)  # (B, T, V)
+    return logits[:, -1], state
 
-    text = normalize_text(prefix, normalize)
-    prefix_ids, mapped = _encode_prefix(vocab, text, unknown)
-    stop_ids = _encode_stop(vocab, stop) if stop is not None else None
-    device = torch.device(device)
+
+def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: GenerateConfig = GenerateConfig(),
+             *, normalize: str = "none", fast: bool = True, on_prefix: Callable[[str], None] | None = None,
+             on_token: TokenCallback | None = None) -> GenerationResult:
+    """Continue `prompt` (None: params.prefix) by up to params.length tokens, num_samples as one batch.
+
+    The prompt is normalized like the training text and run through the model in chunks that only
+    warm the state; its last logits choose the first new token. Each new token is then fed back
+    with the state carried, so a step costs the same at any length: through charlm.fastgen's step
+    where the model has one (`fast=False`: the model's own forward, the reference it is tested
+    against), else through the model's forward. An empty prompt warms on start_token(vocab), which
+    is not part of the output. `on_prefix(text)` gets the normalized prompt once it is accepted.
+
+    `params.stop`: a sample stops once its text ends with the stop string after a new token (matches
+    may start inside the prompt); its continuation ends with, and includes, the stop string --
+    exactly what was streamed. The batch runs until every sample stopped or `length` is reached.
+
+    The model runs where its weights are, in eval mode under inference_mode, and gets its previous
+    train/eval mode back. The same seed gives the same text.
+    """
+    check_params(params)
+    prompt = params.prefix if prompt is None else prompt
+    pick, p = get_strategy(params.strategy), params
+    encoded = encode_text(vocab, prompt, normalize)
+    if encoded.unknown and p.unknown == "error":
+        raise CharLMError(_missing_line("prefix", vocab.level, encoded.unknown)
+                          + " (use --unknown map to replace them with <unk>)")
+    stop = _stop_ids(vocab, p.stop) if p.stop is not None else []
+    device = model_device(model)
     generator = torch.Generator(device=device)
-    seed = generator.manual_seed(seed).initial_seed() if seed is not None else generator.seed()
+    seed = generator.manual_seed(p.seed).initial_seed() if p.seed is not None else generator.seed()
 
-    B, P = num_samples, len(prefix_ids)
-    # One id buffer for prefix + output: no per-step allocation, and stop matching can look back
-    # into the prefix with one slice.
+    B, S, length = p.num_samples, len(stop), p.length
+    # Ids kept per sample: the prompt's last S (a stop may start there) and the output, so memory
+    # does not grow with the prompt.
+    tail = encoded.ids[len(encoded.ids) - min(S, len(encoded.ids)):].tolist() if S else []
+    T0 = len(tail)
     try:
-        buf = torch.empty((B, P + length), dtype=torch.long, device=device)
+        buf = torch.empty((B, T0 + length), dtype=torch.long, device=device)
     except (RuntimeError, TypeError, ValueError, MemoryError):  # too large to allocate, or to index
-        raise ConfigError(f"{num_samples} sample(s) of {length} tokens do not fit in memory; "
+        raise ConfigError(f"{B} sample(s) of {length} tokens do not fit in memory; "
                           "lower --length or --num-samples") from None
-    buf[:, :P] = torch.tensor(prefix_ids, dtype=torch.long, device=device)
-    ends = torch.full((B,), P + length, dtype=torch.long, device=device)  # exclusive end per sample
+    buf[:, :T0] = torch.tensor(tail, dtype=torch.long, device=device)
+    ends = torch.full((B,), T0 + length, dtype=torch.long, device=device)  # exclusive end per sample
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    stop_t = torch.tensor(stop_ids, device=device) if stop_ids is not None else None  # (S,)
+    stop_t = torch.tensor(stop, device=device) if S else None  # (S,)
     # Streamed pieces come from decode itself, so they always add up to the returned text.
     pieces = [vocab.decode([i]) for i in range(len(vocab))] if on_token is not None else []
+    if on_prefix is not None:
+        on_prefix(encoded.text)
+    warm_ids = encoded.ids if len(encoded.ids) else np.array([start_token(vocab)])
 
-    if length > 0:
-        with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
-            if P:
-                warm = buf[:, :P].contiguous()  # (B, P)
-            else:
-                warm = torch.full((B, 1), UNK_ID, dtype=torch.long, device=device)
-            logits, state = model(warm, model.init_state(B, device))  # (B, T, V)
-            logits = logits.select(1, -1)  # (B, V)
-            for step in range(length):
-                t = P + step
-                nxt = pick(logits, generator, temperature=temperature, top_k=top_k, top_p=top_p)
-                buf.select(1, t).copy_(nxt)  # nxt: (B,)
-                was_done = done
-                if stop_t is not None and t + 1 >= len(stop_t):
-                    hit = (buf[:, t + 1 - len(stop_t) : t + 1] == stop_t).all(-1) & ~done  # (B,)
-                    ends = torch.where(hit, t + 1, ends)
-                    done = done | hit
-                if on_token is not None:
-                    ids, skip = nxt.tolist(), was_done.tolist()
-                    on_token(step, ["" if d else pieces[i] for i, d in zip(ids, skip)])
-                if stop_t is not None and bool(done.all()):
-                    break
-                if step + 1 < length:
-                    logits, state = model(nxt.unsqueeze(1), state)  # (B, 1, V)
-                    logits = logits.select(1, -1)
-        # Samples still running end where the loop ended (early only if all of them stopped).
-        ends = torch.where(done, ends, torch.full_like(ends, P + step + 1))
-
-    continuations = [vocab.decode(row[P:end]) for row, end in zip(buf.tolist(), ends.tolist())]
-    return GenerationResult(
-        prefix=text,
-        continuations=continuations,
-        stopped=done.tolist(),
-        mapped=mapped,
-        seed=seed,
-    )
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
+        logits, state = warm(model, warm_ids, B, device)
+        step_fn = fastgen.stepper(model, state, p.precision) if fast else fastgen.plain_stepper(model, state)
+        del state  # the stepper owns it now
+        for step in range(length):
+            t = T0 + step
+            nxt = pick(logits, generator, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)  # (B,)
+            buf.select(1, t).copy_(nxt)
+            was_done = done
+            if S and t + 1 >= S:
+                hit = (buf[:, t + 1 - S: t + 1] == stop_t).all(-1) & ~done  # (B,)
+                ends = torch.where(hit, t + 1, ends)
+                done = done | hit
+            if on_token is not None:
+                ids, skip = nxt.tolist(), was_done.tolist()
+                on_token(step, ["" if d else pieces[i] for i, d in zip(ids, skip)])
+            if S and bool(done.all()):
+                break
+            if step + 1 < length:
+                logits = step_fn(nxt)  # (B, V)
+    # Samples still running end where the loop ended (early only if all of them stopped).
+    ends = torch.where(done, ends, torch.full_like(ends, T0 + step + 1))
+    continuations = [vocab.decode(row[T0:end]) for row, end in zip(buf.tolist(), ends.tolist())]
+    return GenerationResult(prefix=encoded.text, continuations=continuations, stopped=done.tolist(),
+                            mapped=encoded.unknown if p.unknown == "map" else [], seed=seed)
 
 
 def novelty(sample: str, training_text: str) -> tuple[int, str]:

@@ -11,13 +11,12 @@ from typing import Callable
 import numpy as np
 
 from charlm.checkpoint import LoadedModel, load_model
-from charlm.data.text import normalize as normalize_text
 from charlm.data.text import read_text
 from charlm.distributed import resolve_device
 from charlm.errors import DataError
 from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
-from charlm.generate import GenerationResult, generate, novelty
-from charlm.sampling import validate_sampling
+from charlm.config import GenerateConfig
+from charlm.generate import GenerationResult, check_params, generate, model_device, novelty
 
 
 def _load(checkpoint, device: str) -> LoadedModel:
@@ -73,8 +72,7 @@ def _described(result: EvalResult, loaded: LoadedModel, data: str) -> Checkpoint
 
 
 def _model_device(loaded: LoadedModel):
-    tensor = next(iter(loaded.model.state_dict().values()), None)
-    return tensor.device if tensor is not None else resolve_device("cpu")
+    return model_device(loaded.model)
 
 
 @dataclass
@@ -84,38 +82,30 @@ class GenerationRun:
     novelty: list[tuple[int, str]] = field(default_factory=list)
 
 
-def generate_from_checkpoint(checkpoint=None, *, prefix: str | None = None, length: int | None = None,
-                             strategy: str | None = None, temperature: float | None = None,
-                             top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
-                             seed: int | None = None, stop: str | None = None, unknown: str = "error",
-                             device: str = "cpu", check_novelty: bool = False,
+def generation_params(loaded: LoadedModel, **overrides) -> GenerateConfig:
+    """The run's `generate` section with every override that is not None: what generate() gets."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(GenerateConfig)})
+    if unknown:
+        raise TypeError(f"unknown generation parameter(s): {', '.join(unknown)}")
+    params = dataclasses.replace(loaded.config.generate, **given)
+    check_params(params)
+    return params
+
+
+def generate_from_checkpoint(checkpoint=None, *, device: str = "cpu", check_novelty: bool = False,
                              on_prefix: Callable[[str], None] | None = None,
-                             on_token: Callable[[int, list[str]], None] | None = None) -> GenerationRun:
-    """Generate with the config's `generate` section as defaults for every option left as None."""
+                             on_token: Callable[[int, list[str]], None] | None = None,
+                             **overrides) -> GenerationRun:
+    """Generate with the checkpoint's config (its `generate` section) plus `overrides`.
+
+    `overrides` are GenerateConfig's fields (prefix, length, strategy, temperature, top_k, top_p,
+    num_samples, seed, stop, unknown, precision); None keeps the config's value.
+    """
     loaded = _load(checkpoint, device)
-    g = loaded.config.generate
-    prefix = g.prefix if prefix is None else prefix
-    strategy = strategy or g.strategy
-    temperature = g.temperature if temperature is None else temperature
-    top_k = g.top_k if top_k is None else top_k
-    top_p = g.top_p if top_p is None else top_p
-    if strategy == "top_k" and top_k is None:
-        top_k = 10
-    if strategy == "top_p" and top_p is None:
-        top_p = 0.9
-    validate_sampling(strategy, temperature, top_k, top_p)
-    if unknown not in ("error", "map"):
-        raise DataError(f"--unknown: '{unknown}' is not one of error, map")
-    if num_samples < 1:
-        raise DataError(f"--num-samples must be at least 1, got {num_samples}")
-    if length is not None and length < 1:
-        raise DataError(f"--length must be at least 1, got {length}")
-    if on_prefix is not None:
-        on_prefix(normalize_text(prefix, loaded.normalize))
-    result = generate(loaded.model, loaded.vocab, prefix, normalize=loaded.normalize, length=length or g.length,
-                      strategy=strategy, temperature=temperature, top_k=top_k, top_p=top_p,
-                      num_samples=num_samples, seed=seed, stop=stop, unknown=unknown,
-                      device=_model_device(loaded), on_token=on_token)
+    params = generation_params(loaded, **overrides)
+    result = generate(loaded.model, loaded.vocab, params=params, normalize=loaded.normalize,
+                      on_prefix=on_prefix, on_token=on_token)
     run = GenerationRun(result)
     if result.mapped:
         run.warnings.append(f"mapped to <unk>: {', '.join(repr(t) for t in result.mapped)}")

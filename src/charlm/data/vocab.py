@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from charlm.data.text import LEVELS, tokenize
+from charlm.data.text import normalize as normalize_text
 from charlm.errors import DataError
 
 UNK = "<unk>"
@@ -148,3 +150,29 @@ class Vocab:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read vocabulary {path}: {exc}") from None
         return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A text as a model reads it: normalized, as ids, and what the vocabulary lacked."""
+
+    text: str  # after normalization: exactly what `ids` encode
+    ids: np.ndarray  # (N,) in the vocabulary's dtype; tokens it lacks are <unk> (0)
+    unknown: list[str]  # the distinct tokens that became <unk>, sorted
+
+
+def encode_text(vocab: Vocab, text: str, normalize: str = "none") -> EncodedText:
+    """Normalize `text` like the training text and encode it: the one text-to-ids path.
+
+    Char-level text never becomes a list of tokens (a vectorised lookup), so a text of many
+    megabytes costs a few bytes per character.
+    """
+    text = normalize_text(text, normalize)
+    if vocab.level == "char":
+        ids = vocab.encode_array(text)
+        unknown = sorted({text[i] for i in np.flatnonzero(ids == 0).tolist()})
+    else:
+        tokens = tokenize(text, vocab.level)
+        ids = np.array(vocab.encode(tokens), dtype=vocab.dtype)
+        unknown = vocab.unknown(tokens)
+    return EncodedText(text, ids, unknown)
