@@ -221,6 +221,62 @@ UNBOUNDED = [
 ]
 
 
+def edit_checkpoint(edit: Callable[[dict, Path], None], out: str = "runs/tiny/last.pt") -> Callable[[Path], None]:
+    """runs/tiny/last.pt changed by `edit(payload, root)`, written to `out`: a checkpoint that lies carefully."""
+    def setup(root: Path) -> None:
+        payload = torch.load(root / "runs" / "tiny" / "last.pt", weights_only=True)
+        edit(payload, root)
+        torch.save(payload, root / out)
+    return setup
+
+
+def widen_a_weight(payload: dict, root: Path) -> None:
+    name, tensor = next(iter(payload["model"].items()))
+    payload["model"][name] = torch.zeros([n + 1 for n in tensor.shape])
+
+
+def preprocessed(name: str, text: Callable[[str], str]) -> Callable[[Path], None]:
+    """data/NAME: small.txt changed by `text`, preprocessed with the run's settings."""
+    def setup(root: Path) -> None:
+        (root / f"{name}.txt").write_text(text((root / "small.txt").read_text(encoding="utf-8")), encoding="utf-8")
+        assert invoke("preprocess", f"{name}.txt", "--out", f"data/{name}").exit_code == 0
+    return setup
+
+
+def on_folder(name: str) -> Callable[[dict, Path], None]:
+    return lambda payload, root: payload.update(data_dir=str(root / "data" / name))
+
+
+def swap_e_and_t(text: str) -> str:
+    """The same characters with other counts: a vocabulary of the same size in another order."""
+    return text.translate(str.maketrans("et", "te"))
+
+
+RESUME = "train --resume runs/tiny --set train.max_steps=8"
+MISMATCHED = [
+    case("train-resume-weights-of-another-shape", RESUME, "its weights do not fit the model",
+         edit_checkpoint(widen_a_weight)),
+    case("train-resume-optimizer-moments-of-another-shape", RESUME, "its optimizer state does not fit the model",
+         edit_checkpoint(lambda payload, root: payload["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)))),
+    case("train-resume-optimizer-of-fewer-parameters", RESUME, "its optimizer state does not fit the model",
+         edit_checkpoint(lambda payload, root: payload["optimizer"]["param_groups"][0]["params"].pop())),
+    case("train-init-from-weights-of-another-shape", "train -c tiny.yaml --set train.out=runs/new --init-from bad.pt",
+         "its weights do not fit the model", edit_checkpoint(widen_a_weight, out="bad.pt")),
+    case("evaluate-data-folder-of-another-vocabulary", "evaluate --checkpoint other.pt",
+         "was trained with vocabulary sha256", preprocessed("upper", str.upper),
+         edit_checkpoint(on_folder("upper"), out="other.pt")),
+    case("train-resume-data-folder-of-another-vocabulary", RESUME, "holds vocabulary sha256",
+         preprocessed("upper", str.upper), edit_checkpoint(on_folder("upper"))),
+    case("train-init-from-a-vocabulary-of-the-same-size-in-another-order",
+         "train -c tiny.yaml --set train.out=runs/new --set data.corpus=data/swapped --init-from runs/tiny/last.pt",
+         "--init-from: runs/tiny/last.pt was trained with vocabulary sha256", preprocessed("swapped", swap_e_and_t)),
+    case("train-force-into-a-folder-of-ones-own-files", "train -c tiny.yaml --force --set train.out=mine",
+         "mine is not a charlm run folder", write("mine/summary.json", "{}\n"), write("mine/metrics.jsonl", "{}\n")),
+    case("train-force-over-a-run-whose-best-is-a-folder", "train -c tiny.yaml --force",
+         "runs/tiny/best.pt is a folder, not what charlm wrote there; nothing was deleted",
+         remove("runs/tiny/best.pt"), folder("runs/tiny/best.pt")),
+]
+
 
 CASES = [
     # ---------------------------------------------------------------- preprocess
@@ -410,6 +466,7 @@ CASES = [
     case("configs-copy-over-a-file", "configs copy rnn afile", "afile exists; pass --force"),
     *TAMPERED,
     *UNBOUNDED,
+    *MISMATCHED,
 ]
 
 

@@ -164,3 +164,60 @@ def test_nan_loss_mid_run_stops_with_one_line_and_keeps_the_last_good_checkpoint
     assert sorted(vals) == [2, 4]
     best = load_checkpoint(workdir / "runs" / "k" / "best.pt")
     assert best["step"] == min(vals, key=vals.get) and best["best_val"] == min(vals.values())
+
+
+def test_a_second_writer_gets_one_line_naming_the_first_and_changes_nothing(workdir):
+    run = workdir / "runs" / "k"
+    proc = start(workdir, "--config", "k.yaml")
+    wait_for_step_beyond(proc, run / "last.pt", 2)
+    config = (run / "config.yaml").read_bytes()
+    for args in (["--resume", "runs/k"], ["-c", "k.yaml", "--force"]):
+        # a short run, so that a second writer let in ends (as it did before the lock)
+        line = one_error_line(invoke("train", *args, "-q", "--set", "train.max_steps=3"))
+        assert line == (f"error: run folder runs/k is in use by another charlm process (pid {proc.pid}); "
+                        "wait for it to finish or stop it first"), args
+    wait_for_step_beyond(proc, run / "last.pt", saved_step(run / "last.pt"))  # the live run carries on
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, (out, err)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: every step once, in order
+    assert (run / "config.yaml").read_bytes() == config
+    result = invoke("train", "--resume", "runs/k", "-q", "--set", f"train.max_steps={steps[-1] + 1}")
+    assert result.exit_code == 0, result.output  # the lock went with the process
+
+
+@pytest.mark.parametrize("overrides", [["optim.lr=100"], ["optim.name=sgd", "optim.lr=1000"]],
+                         ids=["adam-lr-100", "sgd-lr-1000"])
+def test_divergence_by_learning_rate_is_one_line_and_never_saves_an_infinite_best(workdir, overrides):
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    line = one_error_line(invoke("train", "-c", "k.yaml", "-q", *sets), exit_code=1)
+    assert "training stopped" in line and "try a lower optim.lr" in line
+    run = workdir / "runs" / "k"
+    for name in ("last.pt", "best.pt"):
+        if (run / name).exists():
+            payload = load_checkpoint(run / name)
+            assert payload["best_val"] is None or math.isfinite(payload["best_val"]), name
+            assert all(torch.isfinite(v).all() for v in payload["model"].values()), name
+    rows = [json.loads(row) for row in (run / "metrics.jsonl").read_text().splitlines()] if (
+        run / "metrics.jsonl").exists() else []
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["perplexity"]) for r in rows)
+    assert all(r["val_perplexity"] is None or math.isfinite(r["val_perplexity"]) for r in rows)
+
+
+def test_torch_writer_error_while_saving_is_one_line_and_keeps_the_previous_checkpoint(workdir, monkeypatch):
+    run = workdir / "runs" / "k"
+    first = invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4", "--set", "train.eval_every=2")
+    assert first.exit_code == 0, first.output
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
+
+    def writer_fails(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", writer_fails)
+    line = one_error_line(invoke("train", "--resume", str(run), "-q", "--set", "train.max_steps=8"))
+    assert line == (f"error: could not write checkpoint {run / 'last.pt'}: torch's writer failed: "
+                    "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598; "
+                    "the previous checkpoint is untouched")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -35,6 +37,7 @@ class TrainState:
     config: dict[str, Any]  # RunConfig.to_dict()
     model: dict[str, torch.Tensor]  # state_dict
     data_dir: str = ""
+    vocab_sha256: str = ""  # of `vocab`: a data folder with another vocabulary is refused (empty: older charlm)
     step: int = 0
     epoch: int = 0
     batch: int = 0  # the next batch of `epoch`
@@ -68,14 +71,34 @@ class TrainState:
                                   f"(it lacks {', '.join(missing)})") from None
 
 
+class _TrackedFile:
+    """The file torch.save writes through. Its C++ writer turns an OSError from `write` (a full disk)
+    into "RuntimeError: [enforce fail at inline_container.cc…]"; this keeps the OSError to report."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     payload = {"format_version": FORMAT_VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tracked = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            tracked = _TrackedFile(f)
+            torch.save(payload, tracked)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,10 +106,68 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             stale.unlink(missing_ok=True)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; "
-                                  "the previous checkpoint is untouched") from None
-        raise
+        cause = tracked.error if tracked is not None and tracked.error is not None else exc
+        if isinstance(cause, OSError):
+            cause = cause.strerror or cause
+        elif isinstance(cause, RuntimeError):  # torch's writer, without an OSError we saw
+            cause = f"torch's writer failed: {str(cause).splitlines()[0] if str(cause) else 'RuntimeError'}"
+        else:
+            raise
+        raise CheckpointError(f"could not write checkpoint {path}: {cause}; "
+                              "the previous checkpoint is untouched") from None
+
+
+def vocab_digest(vocab: dict[str, Any]) -> str:
+    """The identity of a vocabulary (Vocab.to_dict()): its level and its tokens in id order."""
+    text = json.dumps({"level": vocab.get("level", "char"), "tokens": list(vocab["tokens"])},
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_same_vocab(trained: dict[str, Any], recorded: str | None, checkpoint: str | Path, data_vocab: Vocab,
+                     data_folder: str | Path, what: str) -> None:
+    """Refuse a data folder whose vocabulary is not the one the checkpoint was trained with.
+
+    Ids mean something only under their vocabulary: with another one (the folder was preprocessed
+    again, or holds another corpus of the same size) a run silently scores or trains on other
+    characters. A checkpoint without the recorded hash (older charlm) is hashed from its vocabulary.
+    """
+    was, found = recorded or vocab_digest(trained), vocab_digest(data_vocab.to_dict())
+    if was != found:
+        raise CheckpointError(f"{what}: {checkpoint} was trained with vocabulary sha256 {was[:12]} "
+                              f"({len(trained['tokens'])} tokens) but the data folder {data_folder} holds vocabulary "
+                              f"sha256 {found[:12]} ({len(data_vocab)} tokens); it was preprocessed again "
+                              "or holds another corpus")
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], what: str) -> None:
+    """`model.load_state_dict(weights)`, with a mismatch (names or shapes) as one line."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{what}: its weights do not fit the model ({_first_line(exc)})") from None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, what: str) -> None:
+    """`optimizer.load_state_dict(state)`, refused in one line unless every buffer fits its parameter.
+
+    torch accepts moments of the wrong shape and fails only at the first step, after the run
+    folder was written; checking here keeps a bad checkpoint from touching it.
+    """
+    try:
+        optimizer.load_state_dict(state)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for param in params:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)} for a parameter "
+                                     f"of shape {tuple(param.shape)}")
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{what}: its optimizer state does not fit the model ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def checkpoint_file(path: str | Path | None) -> Path:

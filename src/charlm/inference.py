@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from charlm.checkpoint import LoadedModel, load_model
+from charlm.checkpoint import LoadedModel, check_same_vocab, load_model
 from charlm.data.text import read_text
 from charlm.distributed import resolve_device
 from charlm.errors import DataError
@@ -33,7 +33,11 @@ def training_ids(loaded: LoadedModel, split: str) -> np.ndarray:
     folder = loaded.checkpoint.get("data_dir")
     if not folder or not Path(folder).is_dir():
         raise DataError(f"the run's data folder {folder} is gone; pass --data FILE to score a text file")
-    return getattr(load_corpus(folder), split)
+    corpus = load_corpus(folder)
+    payload = loaded.checkpoint
+    check_same_vocab(payload["vocab"], payload.get("vocab_sha256"), payload["path"], corpus.vocab, folder,
+                     f"the run's {split} split")
+    return getattr(corpus, split)
 
 
 @dataclass(frozen=True)

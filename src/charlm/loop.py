@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.checkpoint import TrainState
+from charlm.checkpoint import TrainState, load_optimizer_state, load_weights, vocab_digest
 from charlm.config import RunConfig
 from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
@@ -25,6 +26,7 @@ from charlm.rundir import RunDir
 from charlm.schedule import lr_factor, make_optimizer, run_progress
 
 Event = Callable[[str, dict[str, Any]], None]
+MAX_LOSS = math.log(sys.float_info.max)  # ~709.8 nats: beyond it exp(loss), the perplexity, overflows
 
 
 class TrainingDiverged(CharLMError):
@@ -198,17 +200,19 @@ class Trainer:
         mean_loss = self.dist.mean(window.loss / window.steps).item()
         # On a GPU the steps were only queued until this sync; the window's speed is measured from here.
         synced = time.perf_counter()
-        if not math.isfinite(mean_loss):
-            self.emit("diverged", {"step": self.step})
-            raise TrainingDiverged(f"loss became {mean_loss} near step {self.step}; training stopped, "
-                                   f"the last good checkpoint is {self.folder.last} "
-                                   "(try a lower optim.lr or optim.grad_clip)")
+        if not mean_loss <= MAX_LOSS:  # NaN, infinite, or so large that its perplexity overflows
+            self.diverged(f"loss became {mean_loss:.6g} near step {self.step}")
         row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "perplexity": math.exp(mean_loss),
                "lr": lr, "grad_norm": float(grad_norm), "clipped": int(window.clipped),
                "tokens_per_s": window.steps * self.tokens_per_step / max(synced - window.start, 1e-9),
                "elapsed": self.elapsed}
         row["progress"], row["bound_by"] = run_progress(self.step, self.elapsed, self.cfg, self.total)
         return row
+
+    def diverged(self, what: str):
+        self.emit("diverged", {"step": self.step})
+        kept = f"the last good checkpoint is {self.folder.last}" if self.folder.last.is_file() else "nothing was saved"
+        raise TrainingDiverged(f"{what}; training stopped, {kept} (try a lower optim.lr or optim.grad_clip)")
 
     def validate(self) -> float | None:
         # eval_tokens caps the final evaluation too: best.pt is then chosen among comparable
@@ -224,6 +228,8 @@ class Trainer:
     def evaluate_and_save(self, finished: bool = False) -> float | None:
         """Validate, then write last.pt (and best.pt on a new best); a collective in a distributed run."""
         val = self.validate()
+        if val is not None and not math.isfinite(val) and self.trainable:
+            self.diverged(f"validation perplexity became {val} at step {self.step}")  # never an infinite best.pt
         # The best is updated before the state is taken, so last.pt and best.pt both hold the
         # best including this evaluation: a resumed run then compares against the true best.
         is_best = val is not None and val <= (self.best_val if self.best_val is not None else math.inf)
@@ -236,16 +242,18 @@ class Trainer:
     def train_state(self, finished: bool = False) -> TrainState:
         """What the checkpoint holds now. Collective in a distributed run: every rank gathers."""
         streams = capture_streams(self.dist, self.device, self.state, self.state_dims) if self.trainable else {}
+        vocab = self.corpus.vocab.to_dict()
         return TrainState(
-            model_name=self.cfg.model.name, model_args=self.model_args, vocab=self.corpus.vocab.to_dict(),
-            config=self.cfg.to_dict(), model=self.model.state_dict(),
-            data_dir=str(Path(self.corpus.folder).resolve()), step=self.step, epoch=self.epoch, batch=self.batch,
-            elapsed=self.elapsed, best_val=self.best_val, finished=finished,
+            model_name=self.cfg.model.name, model_args=self.model_args, vocab=vocab, vocab_sha256=vocab_digest(vocab),
+            config=self.cfg.to_dict(), model=self.model.state_dict(), data_dir=str(Path(self.corpus.folder).resolve()),
+            step=self.step, epoch=self.epoch, batch=self.batch, elapsed=self.elapsed, best_val=self.best_val,
+            finished=finished,
             optimizer=self.optimizer.state_dict() if self.optimizer is not None else None, **streams)
 
     def restore(self, saved: TrainState) -> None:
-        self.model.load_state_dict(saved.model)
-        self.optimizer.load_state_dict(saved.optimizer)
+        what = f"--resume {self.folder.last}"
+        load_weights(self.model, saved.model, what)
+        load_optimizer_state(self.optimizer, saved.optimizer, what)
         self.step, self.epoch, self.batch = saved.step, saved.epoch, saved.batch
         self.elapsed = self.schedule_clock = saved.elapsed
         self.best_val = saved.best_val

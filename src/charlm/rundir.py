@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from charlm.checkpoint import TrainState, load_checkpoint, record_latest_run, save_checkpoint
 from charlm.errors import CharLMError
 
-# What a previous run leaves that a new one would not overwrite at once; --force clears these.
-OUTPUTS = ("metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json")
+LOCK = ".charlm.lock"  # flock'ed by the one process writing the folder; holds its pid
+MANIFEST = ".charlm-files"  # every name charlm wrote here, one a line: all that --force deletes
+# Runs written before the manifest existed: --force replaces these names in them.
+LEGACY_FILES = ("config.yaml", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json")
+FOLDERS = ("tensorboard",)  # names in the manifest that are folders
 
 
 class RunDir:
     """runs/NAME/: config.yaml, vocab.json, metrics.jsonl, last.pt, best.pt, summary.json, curves.png.
 
-    Only one process writes: with `writer=False` (ranks other than 0) every write is skipped.
+    One process writes a folder: it holds an OS lock on RUN/.charlm.lock while it trains (the OS
+    drops it if the process dies), and ranks other than 0 skip every write (`writer=False`).
+    Every file is named in RUN/.charlm-files before it is created, so --force deletes only those.
     """
 
     def __init__(self, path: str | Path, writer: bool = True):
         self.path, self.writer = Path(path), writer
         self.board = None  # RUN/tensorboard/, while a run with train.tensorboard is logging
+        self._lock = None  # the open lock file
+        self._doomed: list[Path] = []  # a previous run's files, checked, deleted by create()
+        self._names: set[str] | None = None  # the manifest, as read or written by this process
 
     def __str__(self) -> str:
         return str(self.path)
@@ -39,34 +50,125 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     def check(self, resume: bool, force: bool) -> None:
-        """Refuse a run folder we must not use, before anything is written."""
+        """Refuse a run folder we must not use, before anything is written (reads only)."""
         if resume:
             if not self.last.is_file():
                 raise CharLMError(f"cannot resume: {self.last} does not exist")
             return
         if self.path.exists() and not self.path.is_dir():
             raise CharLMError(f"run folder {self.path} is a file")
-        if self.path.exists() and not force and any(self.path.iterdir()):
-            raise CharLMError(f"run folder {self.path} already exists; continue it with --resume {self.path} "
-                              "or overwrite it with --force")
+        if self._in_use():
+            if not force:
+                raise CharLMError(f"run folder {self.path} already exists; continue it with --resume {self.path} "
+                                  "or overwrite it with --force")
+            self._doomed = self._previous_run_files()
+
+    def claim(self) -> None:
+        """Lock an existing folder; what --force deletes is decided again under the lock."""
+        if self.path.is_dir():
+            self.lock()
+            if self._doomed:
+                self._doomed = self._previous_run_files()
+
+    def _in_use(self) -> bool:
+        return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+
+    def lock(self) -> None:
+        """Take the folder's lock, or say which process holds it."""
+        if not self.writer or self._lock is not None:
+            return
+        try:
+            f = open(self.path / LOCK, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise CharLMError(f"cannot write the run folder {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read(20).strip() or "unknown"
+            f.close()
+            raise CharLMError(f"run folder {self.path} is in use by another charlm process (pid {holder}); "
+                              "wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _recorded(self) -> list[str]:
+        try:
+            return (self.path / MANIFEST).read_text(encoding="utf-8").split()
+        except FileNotFoundError:
+            return []
+
+    def _previous_run_files(self) -> list[Path]:
+        """What --force will delete: the files a charlm run recorded, each checked to be what it wrote."""
+        names = self._recorded()
+        if not names:
+            if not (self.path / "config.yaml").is_file() or not _is_zip(self.last):
+                raise CharLMError(f"--force: {self.path} is not a charlm run folder (no {MANIFEST}); it holds files "
+                                  "charlm did not write, so nothing was deleted: choose another train.out")
+            names = [n for n in LEGACY_FILES if (self.path / n).exists()]
+        doomed = []
+        for name in dict.fromkeys(names):
+            path = self.path / name
+            if Path(name).name != name or name in (".", "..", LOCK):
+                raise CharLMError(f"--force: {self.path / MANIFEST} names {name!r}, not a file of this folder; "
+                                  "nothing was deleted")
+            if not os.path.lexists(path):
+                continue
+            folder = name in FOLDERS
+            if path.is_symlink() or (path.is_dir() if folder else not path.is_file()):
+                kind = "a link" if path.is_symlink() else ("a folder" if path.is_dir() else "not a regular file")
+                raise CharLMError(f"--force: {path} is {kind}, not what charlm wrote there; nothing was deleted "
+                                  "(move it away or choose another train.out)")
+            doomed.append(path)
+            doomed += [p for p in self.path.glob(f".{name}.*") if p.is_file()]  # temp files of a killed writer
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise CharLMError(f"--force: cannot delete files in {self.path} (permission denied); nothing was deleted")
+        return doomed + [self.path / MANIFEST]
 
     def load_last(self) -> TrainState:
         return TrainState.from_payload(load_checkpoint(self.last))
 
-    def create(self, clear: bool) -> None:
-        """Make the folder; with `clear`, remove a previous run's outputs (--force). Once all checks passed."""
+    def create(self, resume: bool) -> None:
+        """Make and lock the folder; a new run first deletes the previous run's files (--force)."""
         if not self.writer:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            for name in OUTPUTS if clear else ():
-                (self.path / name).unlink(missing_ok=True)
+            self.lock()
+            if not resume and not self._doomed and self._in_use():  # another run finished here meanwhile
+                raise CharLMError(f"run folder {self.path} already exists; continue it with --resume {self.path} "
+                                  "or overwrite it with --force")
+            for path in self._doomed:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            if resume and not (self.path / MANIFEST).exists():  # a run from before the manifest: adopt its files
+                for name in LEGACY_FILES:
+                    if (self.path / name).is_file():
+                        self._record(name)
         except OSError as exc:
             raise CharLMError(f"cannot write the run folder {self.path}: {exc.strerror or exc}") from None
 
+    def _record(self, name: str) -> None:
+        """Name a file in the manifest before it is first created."""
+        if self._names is None:
+            self._names = set(self._recorded())
+        if name not in self._names:
+            with (self.path / MANIFEST).open("a", encoding="utf-8") as f:
+                f.write(name + "\n")
+            self._names.add(name)
+
     def write_config(self, config_yaml: str, vocab) -> None:
         if self.writer:
+            self._record("config.yaml")
             (self.path / "config.yaml").write_text(config_yaml, encoding="utf-8")
+            self._record("vocab.json")
             vocab.save(self.path / "vocab.json")
 
     def restart_metrics(self, step: int) -> None:
@@ -86,12 +188,14 @@ class RunDir:
         if self.writer and tensorboard:
             from charlm.tensorboard import TensorBoardLog
 
+            self._record("tensorboard")
             self.board = TensorBoardLog(self.path)
 
     def log(self, row: dict[str, Any]) -> None:
         """One row of metrics.jsonl (and its TensorBoard mirror)."""
         if not self.writer:
             return
+        self._record("metrics.jsonl")
         with self.metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if self.board is not None:
@@ -107,20 +211,33 @@ class RunDir:
         if not self.writer:
             return
         payload = state.to_payload()
+        self._record("last.pt")
         save_checkpoint(self.last, payload)
         if best:
+            self._record("best.pt")
             save_checkpoint(self.best, payload)
 
     def finish(self, summary: dict[str, Any], curves: bool, note: Callable[[str], None]) -> None:
         """summary.json, runs/LATEST and curves.png: what a run writes when it ends, stopped or finished."""
         if not self.writer:
             return
+        self._record("summary.json")
         (self.path / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         record_latest_run(self.path)
         if curves:
+            self._record("curves.png")
             from charlm.plot import MATPLOTLIB_HINT, have_matplotlib, plot_run
 
             if have_matplotlib():
                 plot_run(self.path)
             else:
                 note(f"{MATPLOTLIB_HINT}; skipped curves.png")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether `path` is a file torch.save could have written (a zip archive)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from charlm import distributed, runtime
-from charlm.checkpoint import load_checkpoint
+from charlm.checkpoint import check_same_vocab, load_checkpoint, load_weights
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.prepare import folder_settings, prepare_for_training
 from charlm.distributed import Dist
@@ -48,19 +48,22 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
             stop = stack.enter_context(runtime.stop_on_signals())
         dist = distributed.setup(cfg.train.device)
         stack.callback(dist.close)
-        trainer = open_run(cfg, dist, run_dir, resume=resume, force=force, init_from=init_from, on_event=on_event)
+        run = RunDir(run_dir or cfg.train.out or Path("runs") / cfg.name, writer=dist.is_main)
+        stack.callback(run.unlock)
+        trainer = open_run(cfg, dist, run, resume=resume, force=force, init_from=init_from, on_event=on_event)
         return trainer.fit(stop)
 
 
-def open_run(cfg: RunConfig, dist: Dist, run_dir: str | Path | None, *, resume: bool, force: bool,
+def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bool,
              init_from: str | Path | None, on_event: Event | None) -> Trainer:
     """Check everything, then build the model and its trainer and write the run's first files.
 
-    Every check comes before the first write, so a mistake never touches an existing run.
+    Every check comes before the first write to the run folder (only its lock file is taken
+    earlier), so a mistake never touches an existing run.
     """
-    run = RunDir(run_dir or cfg.train.out or Path("runs") / cfg.name, writer=dist.is_main)
     run.check(resume, force)
     saved = run.load_last() if resume else None
+    dist.main_first(run.claim)  # rank 0 takes the folder's lock, or says who holds it
     if saved is not None:
         cfg = _resume_config(cfg, saved.config)
     t = cfg.train
@@ -68,6 +71,7 @@ def open_run(cfg: RunConfig, dist: Dist, run_dir: str | Path | None, *, resume: 
         raise ConfigError("set train.epochs, train.max_steps or train.max_time, or training never stops")
     if t.tensorboard:
         require_tensorboard()
+    device = runtime.training_device(t.device, dist.world_size)  # before data/ is written
     # Only rank 0 reports: the other ranks' events would repeat its numbers.
     emit = (on_event if dist.is_main else None) or (lambda kind, info: None)
     # Rank 0 preprocesses if needed; the others then load what it wrote.
@@ -75,18 +79,18 @@ def open_run(cfg: RunConfig, dist: Dist, run_dir: str | Path | None, *, resume: 
         lambda: prepare_for_training(cfg.data, on_note=lambda message: emit("note", {"message": message}),
                                      resume_from=saved.data_dir or None if saved is not None else None))
     cfg = cfg.replace("data", **folder_settings(cfg.data, corpus))  # config.yaml says what it trained on
-    device = runtime.training_device(t.device, dist.world_size)
     torch.manual_seed(t.seed)  # the weights' initial values
     model, model_args = _build(cfg, len(corpus.vocab))
     if init_from is not None:
-        _load_init(model, model_args, init_from, cfg)
+        _load_init(model, model_args, init_from, cfg, corpus)
     model.to(device)
     runtime.seed_rank(t.seed, dist.rank, dist.world_size)
     trainer = Trainer(cfg, model, corpus, run, device, dist, emit, model_args)  # checks batches against the model
-    dist.main_first(lambda: run.create(clear=not resume))
-    run.write_config(dump_yaml(cfg), corpus.vocab)
     if saved is not None and trainer.trainable:
-        trainer.restore(saved)
+        check_same_vocab(saved.vocab, saved.vocab_sha256, run.last, corpus.vocab, corpus.folder, "--resume")
+        trainer.restore(saved)  # in memory only: a checkpoint that does not fit fails before any write
+    dist.main_first(lambda: run.create(resume))
+    run.write_config(dump_yaml(cfg), corpus.vocab)
     run.restart_metrics(trainer.step if trainer.trainable else -1)  # a counting model counts again
     return trainer
 
@@ -101,12 +105,15 @@ def _build(cfg: RunConfig, vocab_size: int):
         raise ConfigError(f"model {cfg.model.name} with {sizes} does not fit in memory ({first})") from None
 
 
-def _load_init(model: torch.nn.Module, model_args: dict[str, Any], init_from: str | Path, cfg: RunConfig) -> None:
+def _load_init(model: torch.nn.Module, model_args: dict[str, Any], init_from: str | Path, cfg: RunConfig,
+               corpus) -> None:
     start = load_checkpoint(init_from)
     if start["model_args"] != model_args or start["model_name"] != cfg.model.name:
         raise ConfigError(f"--init-from {init_from}: its model ({start['model_name']}, {start['model_args']}) "
                           f"differs from the config's ({cfg.model.name}, {model_args})")
-    model.load_state_dict(start["model"])
+    check_same_vocab(start["vocab"], start.get("vocab_sha256"), start["path"], corpus.vocab, corpus.folder,
+                     "--init-from")
+    load_weights(model, start["model"], f"--init-from {start['path']}")
 
 
 def _resume_config(cfg: RunConfig, saved: dict[str, Any]) -> RunConfig:
