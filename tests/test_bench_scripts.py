@@ -90,3 +90,16 @@ def test_check_goals_prints_score_steps_and_verdict_per_goal(capsys):
     assert ppl == pytest.approx(math.exp(nats), rel=1e-3) and steps >= 1
     assert rows[0][8:10] == ["NOT", "met"] and code == 1  # a tiny model for a second cannot beat 3.755
     assert rows[-1] == "0 of 1 goals met".split()
+
+
+@pytest.mark.slow
+def test_bench_generate_prints_each_precision_against_the_plain_forward(capsys):
+    load_script("bench_generate").main(["--quick", "--batches", "1"])
+    preamble, rows = table_rows(capsys.readouterr().out, "model")
+    assert any(line.startswith("cpu: ") for line in preamble)
+    assert [row[:4] for row in rows] == [["rnn", "1x16", "1", "20"], ["rnn", "1x16", "1", "40"]]
+    plain, fp32, bf16, int8, fp32_ratio, best_ratio = (number(cell.rstrip("x")) for cell in rows[0][4:10])
+    assert min(plain, fp32, bf16, int8) > 0
+    assert fp32_ratio == pytest.approx(fp32 / plain, rel=0.01, abs=0.01)
+    assert best_ratio == pytest.approx(max(fp32, bf16, int8) / plain, rel=0.01, abs=0.01)
+    assert number(rows[0][10]) > 0 and len(rows[1]) == 10  # naive only at the first length
