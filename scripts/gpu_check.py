@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charlm.config import load_config
+from charlm.config import GenerateConfig, load_config
 from charlm.data.prepare import prepare_for_training
 from charlm.distributed import Dist
 from charlm.generate import generate
@@ -290,10 +290,10 @@ def generation(check):
         model.to(check.device).eval()
         row = table.setdefault(name, {"model": f"{cfg.model.name} {cfg.model.num_layers}x{cfg.model.hidden_size}"})
         for batch in (1, 4) if check.args.dry_run else (1, 256):
-            generate(model, corpus.vocab, "ROMEO:", length=8, num_samples=batch, seed=0, device=check.device)
+            generate(model, corpus.vocab, "ROMEO:", GenerateConfig(length=8, num_samples=batch, seed=0))
             check.sync()
             start = time.perf_counter()
-            generate(model, corpus.vocab, "ROMEO:", length=length, num_samples=batch, seed=0, device=check.device)
+            generate(model, corpus.vocab, "ROMEO:", GenerateConfig(length=length, num_samples=batch, seed=0))
             check.sync()
             row[f"generate_b{batch}_chars_s"] = round(batch * length / (time.perf_counter() - start))
             unroll = 4 if check.args.dry_run else 32
