@@ -110,7 +110,7 @@ class Trainer:
         self.model.train()
         batches = self.sampler.epoch(self.epoch, self.batch)
         window, val, self.clock = Window(self.device), None, time.perf_counter()
-        # A run resumed at its limit has nothing left to do; later, only agree_to_stop ends the loop.
+        # train() refuses a resume at its limit; a Trainer restored there by hand just finishes.
         stopping = last = self.limit_reached()
         while not stopping:
             xb, yb = next(batches)

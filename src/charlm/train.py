@@ -89,10 +89,26 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
     if saved is not None and trainer.trainable:
         check_same_vocab(saved.vocab, saved.vocab_sha256, run.last, corpus.vocab, corpus.folder, "--resume")
         trainer.restore(saved)  # in memory only: a checkpoint that does not fit fails before any write
+        _check_work_left(trainer, run)
     dist.main_first(lambda: run.create(resume))
     run.write_config(dump_yaml(cfg), corpus.vocab)
     run.restart_metrics(trainer.step if trainer.trainable else -1)  # a counting model counts again
     return trainer
+
+
+def _check_work_left(trainer: Trainer, run: RunDir) -> None:
+    """A resume with no step left to train would only rewrite the run's files: refuse it."""
+    if not trainer.limit_reached():
+        return
+    t, step = trainer.cfg.train, trainer.step
+    if trainer.total is not None and step >= trainer.total:
+        limit = (f"train.max_steps={t.max_steps}" if t.max_steps == trainer.total
+                 else f"train.epochs={t.epochs} ({trainer.total} steps)")
+        where = f"{run.path} is at step {step} and {limit}"
+    else:
+        where = f"{run.path} has trained {trainer.elapsed:.1f}s and train.max_time={t.max_time:g}"
+    raise ConfigError(f"--resume: {where}, so there is nothing left to train; "
+                      "raise that limit with --set to continue (nothing was changed)")
 
 
 def _build(cfg: RunConfig, vocab_size: int):
