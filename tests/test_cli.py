@@ -244,3 +244,14 @@ def test_piped_output_is_not_wrapped_at_80_columns(workdir):
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]
     assert len(first) > 80 and first.startswith("timemachine: 173,428") and first.endswith("vocabulary 28 (with <unk>)")
+
+
+def test_train_labels_sampled_validation_and_ends_on_the_whole_split(workdir):
+    result = invoke("train", "--config", "tiny.yaml", "--set", "train.eval_tokens=300")
+    assert result.exit_code == 0, result.output
+    assert "score the first 300 of" in result.output
+    assert re.search(r"val (ppl|perplexity) ≈\d", result.output)
+    summary = json.loads((workdir / "runs/tiny/summary.json").read_text())
+    final = result.output.strip().splitlines()[-1]
+    assert f"best val perplexity {summary['best_val_perplexity']:.3f}" in final
+    assert "on the whole split (≈" in final and "300-token sample" in final

@@ -72,12 +72,18 @@ def test_score_totals_equal_charlm_score_and_alternatives_are_the_likeliest(clie
             assert dict(top)[token] == pytest.approx(bits, abs=1e-4)
 
 
-def test_runs_list_each_run_with_its_config_and_best_logged_validation(client):
+def test_runs_list_each_run_with_its_config_and_its_whole_split_best(client):
     runs = client.get("/api/runs").json()["runs"]
     assert [r["name"] for r in runs] == ["tiny"] and runs[0]["config"]["model"]["name"] == "rnn"
+    summary_file = client.run_folder / "summary.json"
+    summary = json.loads(summary_file.read_text())
     detail = client.get("/api/runs/tiny").json()
+    assert detail["best_val_perplexity"] == summary["best_val_perplexity"] and detail["steps"] == 20
+    summary_file.write_text(json.dumps({**summary, "best_val_perplexity": 3.25}))
+    assert client.get("/api/runs/tiny").json()["best_val_perplexity"] == 3.25  # summary.json, not the log
+    summary_file.unlink()  # still training: only the logged evaluations
     vals = [m["val_perplexity"] for m in detail["metrics"] if m.get("val_perplexity") is not None]
-    assert vals and detail["best_val_perplexity"] == min(vals) and detail["steps"] == 20
+    assert vals and client.get("/api/runs/tiny").json()["best_val_perplexity"] == min(vals)
 
 
 @pytest.mark.parametrize("body, status, phrase", [

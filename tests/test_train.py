@@ -57,6 +57,32 @@ def test_a_run_writes_everything_and_learns(workdir):
     assert load_checkpoint(run / "last.pt")["finished"] is True
 
 
+def test_sampled_validation_is_labelled_and_best_pt_is_scored_on_the_whole_split(workdir):
+    from charlm.inference import evaluate_checkpoint
+
+    result = train(tiny(), handle_signals=False)  # eval_tokens 500 of a 3,000-token validation split
+    run = workdir / "runs" / "tiny"
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if "val_perplexity" in r]
+    assert [r["val_sample_tokens"] for r in evals] == [500, 500]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_sample_tokens"] == result.val_sample_tokens == 500
+    sampled_best = min(r["val_perplexity"] for r in evals)
+    assert summary["sampled_best_val_perplexity"] == result.sampled_best_val_perplexity == sampled_best
+    full = evaluate_checkpoint(run).perplexity  # what `charlm evaluate` reports for best.pt
+    assert summary["best_val_perplexity"] == result.best_val_perplexity == pytest.approx(full, rel=1e-6)
+    assert abs(full - sampled_best) > 1e-3  # the sample is another number, so mixing them up would show
+
+
+def test_a_whole_split_evaluation_is_its_own_result(workdir):
+    result = train(tiny("train.eval_tokens=null"), handle_signals=False)
+    run = workdir / "runs" / "tiny"
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if "val_perplexity" in r]
+    assert evals and not any("val_sample_tokens" in r for r in evals)
+    summary = json.loads((run / "summary.json").read_text())
+    assert "val_sample_tokens" not in summary and result.sampled_best_val_perplexity is None
+    assert summary["best_val_perplexity"] == min(r["val_perplexity"] for r in evals)
+
+
 def test_same_seed_same_losses(workdir):
     train(tiny(), run_dir="a", handle_signals=False)
     train(tiny(), run_dir="b", handle_signals=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import threading
@@ -14,11 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.checkpoint import TrainState, load_optimizer_state, load_weights, vocab_digest
+from charlm.checkpoint import TrainState, load_checkpoint, load_optimizer_state, load_weights, vocab_digest
 from charlm.config import RunConfig
 from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
 from charlm.errors import CharLMError
+from charlm.evaluate import evaluate_ids
 from charlm.models import detach_state
 from charlm.precision import resolve_precision
 from charlm.resume import capture_streams, restore_streams
@@ -40,10 +42,12 @@ class TrainResult:
     run_dir: Path
     status: str  # "finished" | "interrupted"
     step: int
-    best_val_perplexity: float | None
-    val_perplexity: float | None
+    best_val_perplexity: float | None  # best.pt on the whole validation split: the run's result
+    val_perplexity: float | None  # the last evaluation (a sample when val_sample_tokens is set)
     elapsed: float
     tokens_per_s: float
+    val_sample_tokens: int | None = None  # evaluations during training scored this many tokens
+    sampled_best_val_perplexity: float | None = None  # the sample's score that chose best.pt
 
 
 class Window:
@@ -76,7 +80,7 @@ class Trainer:
         self.trainable = getattr(model, "trainable", True)
         self.step = self.epoch = self.batch = 0
         self.elapsed = self.schedule_clock = 0.0  # seconds of training; the schedule's clock (see agree_to_stop)
-        self.best_val: float | None = None
+        self.best_val: float | None = None  # on the sample when val_sample_tokens is set
         self.state = None  # carried across batches by the sequential sampler
         self.optimizer = None
         self.total: int | None = 0
@@ -99,6 +103,12 @@ class Trainer:
         limits = [n for n in (t.max_steps, t.epochs and t.epochs * self.sampler.batches_per_epoch()) if n]
         self.total = min(limits) if limits else None
         self.tokens_per_step = cfg.data.batch_size * cfg.data.num_steps
+
+    @property
+    def val_sample_tokens(self) -> int | None:
+        """How many validation tokens an evaluation during training scores, when not the whole split."""
+        n = self.cfg.train.eval_tokens
+        return n if self.trainable and n and n < len(self.corpus.val) else None
 
     def fit(self, stop: threading.Event | None = None) -> TrainResult:
         """The loop: a step, then on logging steps a window's line, on evaluation steps a checkpoint."""
@@ -125,6 +135,8 @@ class Trainer:
                 row = self.log_window(window, lr, grad_norm)
                 if evaluate_now:
                     row["val_perplexity"] = val = self.evaluate_and_save(finished=last)
+                    if self.val_sample_tokens:
+                        row["val_sample_tokens"] = self.val_sample_tokens
                 self.folder.log(row)
                 self.emit("log", row)
                 window = Window(self.device)
@@ -215,12 +227,11 @@ class Trainer:
         raise TrainingDiverged(f"{what}; training stopped, {kept} (try a lower optim.lr or optim.grad_clip)")
 
     def validate(self) -> float | None:
-        # eval_tokens caps the final evaluation too: best.pt is then chosen among comparable
-        # numbers, and a 100 MB validation split cannot stall the end of a run. `charlm evaluate`
-        # scores the whole split. A counting model is scored on the whole split.
+        # eval_tokens caps every evaluation during training, the last one too, so best.pt is chosen
+        # among comparable numbers; finish() then scores best.pt on the whole split once.
         val_ids = self.corpus.val
-        if self.cfg.train.eval_tokens and self.trainable:
-            val_ids = val_ids[:self.cfg.train.eval_tokens]
+        if self.val_sample_tokens:
+            val_ids = val_ids[:self.val_sample_tokens]
         if len(val_ids) < 2:
             return None
         return self.dist.evaluate(self.model, val_ids, self.device)
@@ -281,18 +292,40 @@ class Trainer:
                 "parameters": sum(p.numel() for p in self.model.parameters()), "model": self.cfg.model.name,
                 "vocab_size": len(self.corpus.vocab), "step": self.step, "world_size": self.dist.world_size}
         if self.trainable:
-            info.update(batches_per_epoch=self.sampler.batches_per_epoch(), precision=self.precision.name,
+            info.update(val_sample_tokens=self.val_sample_tokens, val_tokens=len(self.corpus.val),
+                        batches_per_epoch=self.sampler.batches_per_epoch(), precision=self.precision.name,
                         precision_reason=self.precision.reason, max_time=self.cfg.train.max_time,
                         progress=run_progress(self.step, self.elapsed, self.cfg, self.total)[0])
         return info
 
+    def score_best(self) -> float | None:
+        """best.pt on the whole validation split, as `charlm evaluate` scores it.
+
+        Only needed when evaluations scored a sample; rank 0 scores it in one pass while the
+        other ranks wait, so the figure does not depend on the number of processes.
+        """
+        if not self.val_sample_tokens or self.best_val is None:
+            return self.best_val
+        best = None
+        if self.dist.is_main:
+            self.emit("note", {"message": f"scoring best.pt on the whole validation split "
+                                          f"({len(self.corpus.val):,} tokens)"})
+            model = copy.deepcopy(self.model)
+            load_weights(model, load_checkpoint(self.folder.best)["model"], str(self.folder.best))
+            best = evaluate_ids(model, self.corpus.val, device=self.device).perplexity
+        self.dist.barrier()
+        return best
+
     def finish(self, status: str, val: float | None) -> TrainResult:
-        """summary.json, runs/LATEST and curves.png, then the result."""
+        """best.pt's full-split score, summary.json, runs/LATEST and curves.png, then the result."""
         self.folder.close_log()
-        result = TrainResult(self.folder.path, status, self.step, self.best_val, val, self.elapsed,
-                             self.tokens_per_s())
-        summary = {"status": status, "step": self.step, "best_val_perplexity": self.best_val,
+        sample = self.val_sample_tokens
+        result = TrainResult(self.folder.path, status, self.step, self.score_best(), val, self.elapsed,
+                             self.tokens_per_s(), sample, self.best_val if sample else None)
+        summary = {"status": status, "step": self.step, "best_val_perplexity": result.best_val_perplexity,
                    "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s}
+        if sample:
+            summary.update(val_sample_tokens=sample, sampled_best_val_perplexity=self.best_val)
         if self.trainable:
             summary["precision"] = self.precision.name
         self.folder.finish(summary, curves=self.trainable, note=lambda m: self.emit("note", {"message": m}))

@@ -56,6 +56,10 @@ class TrainingDisplay:
         self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters, vocabulary "
                            f"{info['vocab_size']}) on {info['device']}{world}{precision} → "
                            f"{escape(str(info['run_dir']))}", highlight=False)
+        if info.get("val_sample_tokens"):
+            self.console.print(f"evaluations during training score the first {info['val_sample_tokens']:,} of "
+                               f"{info['val_tokens']:,} validation tokens (train.eval_tokens, shown as ≈); "
+                               "best.pt is scored on the whole split at the end", highlight=False)
         if not info["total_steps"] and not info.get("max_time"):
             return
         self.progress = Progress(
@@ -79,18 +83,20 @@ class TrainingDisplay:
     def _on_log(self, row):
         if row.get("val_perplexity") is not None:
             self.val = row["val_perplexity"]
+        # A sampled validation figure is never shown bare: ≈ marks it, as the start line explains.
+        approx = "≈" if row.get("val_sample_tokens") or self.info.get("val_sample_tokens") else ""
         if self.quiet or self.progress is None:
             if not self.quiet and "val_perplexity" in row:
-                self.console.print(f"step {row['step']}: val perplexity {_fmt(self.val)}")
+                self.console.print(f"step {row['step']}: val perplexity {approx}{_fmt(self.val)}")
             return
         where = self._where(row["step"], row.get("bound_by", "steps"), row.get("elapsed", 0.0))
         self.progress.update(self.task, completed=row.get("progress", 0.0), where=where, epoch=row["epoch"],
                              loss=_fmt(row["loss"]),
-                             val=_fmt(self.val, ".2f"),
+                             val=approx + _fmt(self.val, ".2f"),
                              tps=f"{row['tokens_per_s'] / 1000:.1f}k", grad=_fmt(row["grad_norm"], ".2f"))
         if "val_perplexity" in row and row["val_perplexity"] is not None:
             self.progress.console.print(f"step {row['step']:>6}  train ppl {row['perplexity']:.3f}  "
-                                        f"val ppl {row['val_perplexity']:.3f}  clipped {row['clipped']}",
+                                        f"val ppl {approx}{row['val_perplexity']:.3f}  clipped {row['clipped']}",
                                         highlight=False)
 
     def _on_eval(self, row):
@@ -106,6 +112,9 @@ class TrainingDisplay:
             self.progress = None
         best = result.best_val_perplexity
         bits = f" ({math.log2(best):.3f} bits/token)" if best else ""
+        if result.sampled_best_val_perplexity is not None:
+            bits += (f" on the whole split (≈{result.sampled_best_val_perplexity:.3f} on the "
+                     f"{result.val_sample_tokens:,}-token sample that chose it)")
         line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s, {result.tokens_per_s:,.0f} tok/s; "
                 f"best val perplexity {_fmt(best)}{bits} → {result.run_dir}")
         self.console.print(line, highlight=False, soft_wrap=True, markup=False)

@@ -74,7 +74,11 @@ class RunModels:
 
 
 def describe_run(name: str, path: Path, rows: bool = False) -> dict[str, Any]:
-    """A run as the page shows it: its config, its best validation perplexity, its curves."""
+    """A run as the page shows it: its config, its best validation perplexity, its curves.
+
+    A finished run's summary.json holds best.pt's score on the whole validation split; a run still
+    training has only the logged evaluations, which may score a sample of it.
+    """
     import yaml
 
     try:
@@ -92,8 +96,15 @@ def describe_run(name: str, path: Path, rows: bool = False) -> dict[str, Any]:
     except OSError:
         pass
     vals = [r["val_perplexity"] for r in metrics if isinstance(r.get("val_perplexity"), (int, float))]
+    best = min(vals) if vals else None
+    try:
+        scored = json.loads((path / "summary.json").read_text(encoding="utf-8")).get("best_val_perplexity")
+        if isinstance(scored, (int, float)) and not isinstance(scored, bool):
+            best = scored
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        pass
     out = {"name": name, "path": str(path), "config": config, "steps": metrics[-1].get("step") if metrics else 0,
-           "best_val_perplexity": min(vals) if vals else None}
+           "best_val_perplexity": best}
     if rows:
         out["metrics"] = metrics
     return out
