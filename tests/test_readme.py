@@ -215,3 +215,10 @@ def test_the_harness_runs_prompted_commands_and_checks_shown_errors():
         run_shell(block)
     assert shell_commands("a \\\n  b # note\n# comment\nc") == [("a b # note", []), ("c", [])]
     assert shell_commands("$ x\nout 1\nout 2\n$ y") == [("x", ["out 1", "out 2"]), ("y", [])]
+
+
+def test_the_module_map_has_a_line_for_every_module():
+    src = ROOT / "src"
+    modules = {str(f.relative_to(src)) for f in src.rglob("*.py") if f.name != "__main__.py"}
+    mapped = set(re.findall(r"^\| `(charlm/[\w/]+\.py)` \|", README.read_text(encoding="utf-8"), re.M))
+    assert modules and mapped == modules, (sorted(modules - mapped), sorted(mapped - modules))
