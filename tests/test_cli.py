@@ -255,3 +255,11 @@ def test_train_labels_sampled_validation_and_ends_on_the_whole_split(workdir):
     final = result.output.strip().splitlines()[-1]
     assert f"best val perplexity {summary['best_val_perplexity']:.3f}" in final
     assert "on the whole split (≈" in final and "300-token sample" in final
+
+
+def test_the_last_progress_frame_shows_the_runs_tokens_per_second(workdir):
+    result = invoke("train", "--config", "tiny.yaml")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "runs/tiny/summary.json").read_text())
+    frames = re.findall(r"([\d.]+)k tok/s", result.output)
+    assert frames and frames[-1] == f"{summary['tokens_per_s'] / 1000:.1f}"

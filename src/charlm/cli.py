@@ -153,15 +153,15 @@ def train(
     from charlm.runtime import stop_on_signals
     from charlm.train import train as run_training
 
+    from charlm.distributed import is_main_process
+
     display = TrainingDisplay(out, quiet=quiet)
     # Ctrl-C or SIGTERM: the run stops after the current step, saved and resumable.
     with display, stop_on_signals() as stop:
         result = run_training(cfg, resume=resume is not None, force=force, init_from=init_from,
                               on_event=display.on_event, stop=stop)
-    from charlm.distributed import is_main_process
-
-    if is_main_process():
-        display.summary(result)
+        if is_main_process():
+            display.summary(result)  # while the bar is live, so its last frame can show the run's figures
 
 
 @app.command(epilog="Examples: charlm plot\n\ncharlm plot runs/rnn")

@@ -108,6 +108,8 @@ class TrainingDisplay:
 
     def summary(self, result) -> None:
         if self.progress is not None:
+            # The last frame shows the run's tokens/s, the number the summary line gives, not the last window's.
+            self.progress.update(self.task, tps=f"{result.tokens_per_s / 1000:.1f}k")
             self.progress.stop()
             self.progress = None
         best = result.best_val_perplexity
