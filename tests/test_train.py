@@ -250,6 +250,7 @@ def test_counting_model_trains_by_counting(workdir):
     assert load_model("ng").model.__class__.__name__.lower().startswith("ngram")
     summary = json.loads((workdir / "ng" / "summary.json").read_text())  # the same ending as a trained run
     assert summary["status"] == "finished" and summary["val_perplexity"] == result.best_val_perplexity
+    assert 0 < result.validation_s == summary["validation_s"]  # its validation pass is timed and reported
 
 
 def test_tensorboard_mirrors_every_metrics_row(workdir):

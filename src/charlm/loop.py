@@ -48,6 +48,7 @@ class TrainResult:
     tokens_per_s: float
     val_sample_tokens: int | None = None  # evaluations during training scored this many tokens
     sampled_best_val_perplexity: float | None = None  # the sample's score that chose best.pt
+    validation_s: float = 0.0  # this invocation's seconds of validation, which elapsed leaves out
 
 
 class Window:
@@ -80,6 +81,7 @@ class Trainer:
         self.trainable = getattr(model, "trainable", True)
         self.step = self.epoch = self.batch = 0
         self.elapsed = self.schedule_clock = 0.0  # seconds of training; the schedule's clock (see agree_to_stop)
+        self.validation_s = 0.0
         self.best_val: float | None = None  # on the sample when val_sample_tokens is set
         self.state = None  # carried across batches by the sequential sampler
         self.optimizer = None
@@ -238,7 +240,9 @@ class Trainer:
 
     def evaluate_and_save(self, finished: bool = False) -> float | None:
         """Validate, then write last.pt (and best.pt on a new best); a collective in a distributed run."""
+        started = time.perf_counter()
         val = self.validate()
+        self.validation_s += time.perf_counter() - started
         if val is not None and not math.isfinite(val) and self.trainable:
             self.diverged(f"validation perplexity became {val} at step {self.step}")  # never an infinite best.pt
         # The best is updated before the state is taken, so last.pt and best.pt both hold the
@@ -312,7 +316,9 @@ class Trainer:
                                           f"({len(self.corpus.val):,} tokens)"})
             model = copy.deepcopy(self.model)
             load_weights(model, load_checkpoint(self.folder.best)["model"], str(self.folder.best))
+            started = time.perf_counter()
             best = evaluate_ids(model, self.corpus.val, device=self.device).perplexity
+            self.validation_s += time.perf_counter() - started
         self.dist.barrier()
         return best
 
@@ -321,9 +327,10 @@ class Trainer:
         self.folder.close_log()
         sample = self.val_sample_tokens
         result = TrainResult(self.folder.path, status, self.step, self.score_best(), val, self.elapsed,
-                             self.tokens_per_s(), sample, self.best_val if sample else None)
+                             self.tokens_per_s(), sample, self.best_val if sample else None, self.validation_s)
         summary = {"status": status, "step": self.step, "best_val_perplexity": result.best_val_perplexity,
-                   "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s}
+                   "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s,
+                   "validation_s": self.validation_s}
         if sample:
             summary.update(val_sample_tokens=sample, sampled_best_val_perplexity=self.best_val)
         if self.trainable:

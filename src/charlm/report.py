@@ -117,7 +117,11 @@ class TrainingDisplay:
         if result.sampled_best_val_perplexity is not None:
             bits += (f" on the whole split (≈{result.sampled_best_val_perplexity:.3f} on the "
                      f"{result.val_sample_tokens:,}-token sample that chose it)")
-        line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s, {result.tokens_per_s:,.0f} tok/s; "
+        # Training time leaves evaluations out; where they took longer (a counting model's one pass
+        # of counts, a long validation split), say so rather than print a run that seems instant.
+        took = f" (+{result.validation_s:.1f}s validation)" if result.validation_s > result.elapsed else ""
+        line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s{took}, "
+                f"{result.tokens_per_s:,.0f} tok/s; "
                 f"best val perplexity {_fmt(best)}{bits} → {result.run_dir}")
         self.console.print(line, highlight=False, soft_wrap=True, markup=False)
         if result.status == "interrupted":

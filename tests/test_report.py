@@ -1,0 +1,20 @@
+"""Tests for charlm.report: what the CLI prints from the library's results."""
+
+from pathlib import Path
+
+from rich.console import Console
+
+from charlm.loop import TrainResult
+from charlm.report import TrainingDisplay
+
+
+def test_the_summary_line_adds_validation_time_when_it_outweighs_training():
+    def line(validation_s):
+        console = Console(record=True, width=200)
+        TrainingDisplay(console, quiet=True).summary(TrainResult(Path("ng"), "finished", 0, 5.0, 5.0, 0.2, 1e6,
+                                                                 validation_s=validation_s))
+        return console.export_text()
+
+    assert "in 0.2s (+3.1s validation), 1,000,000 tok/s" in line(3.1)
+    assert "in 0.2s, 1,000,000" in line(0.1)
+
