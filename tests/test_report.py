@@ -18,3 +18,12 @@ def test_the_summary_line_adds_validation_time_when_it_outweighs_training():
     assert "in 0.2s (+3.1s validation), 1,000,000 tok/s" in line(3.1)
     assert "in 0.2s, 1,000,000" in line(0.1)
 
+
+
+def test_an_interrupted_runs_summary_gives_the_sampled_best_marked_as_such():
+    console = Console(record=True, width=300)
+    TrainingDisplay(console, quiet=True).summary(TrainResult(Path("cut"), "interrupted", 5, None, 4.5, 1.0, 1e3,
+                                                             val_sample_tokens=500, sampled_best_val_perplexity=4.25))
+    text = console.export_text()
+    assert "perplexity ≈4.250 on the 500-token sample (the whole split is scored when the run finishes)" in text
+    assert "resume with: charlm train --resume cut" in text

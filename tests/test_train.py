@@ -194,6 +194,19 @@ def test_stop_event_saves_and_resumes(workdir):
     assert train(tiny(), run_dir="sig", resume=True).step == 12
 
 
+def test_an_interrupted_run_leaves_the_whole_split_to_the_run_that_finishes(workdir):
+    from charlm.inference import evaluate_checkpoint
+
+    stop = threading.Event()
+    result = train(tiny(), run_dir="cut", stop=stop, on_event=lambda kind, info: kind == "log" and stop.set())
+    summary = json.loads((workdir / "cut" / "summary.json").read_text())
+    assert result.status == "interrupted" and result.sampled_best_val_perplexity is not None
+    assert result.best_val_perplexity is None and summary["best_val_perplexity"] is None  # no whole-split pass
+    done = train(tiny(), run_dir="cut", resume=True)
+    assert done.status == "finished"
+    assert done.best_val_perplexity == pytest.approx(evaluate_checkpoint(workdir / "cut").perplexity, rel=1e-6)
+
+
 def test_a_python_callers_sigint_stays_its_own_unless_handed_over(workdir):
     seen = []
 

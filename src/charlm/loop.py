@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,16 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.checkpoint import TrainState, load_checkpoint, load_optimizer_state, load_weights, vocab_digest
+from charlm.checkpoint import TrainState, load_optimizer_state, load_weights, vocab_digest
 from charlm.config import RunConfig
 from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
 from charlm.errors import CharLMError
-from charlm.evaluate import evaluate_ids
 from charlm.models import detach_state
 from charlm.precision import resolve_precision
+from charlm.result import TrainResult, score_whole_split
 from charlm.resume import capture_streams, restore_streams
 from charlm.rundir import RunDir
+from charlm.runtime import upload_batch
 from charlm.schedule import lr_factor, make_optimizer, run_progress
 
 Event = Callable[[str, dict[str, Any]], None]
@@ -35,20 +34,6 @@ class TrainingDiverged(CharLMError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 1
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str  # "finished" | "interrupted"
-    step: int
-    best_val_perplexity: float | None  # best.pt on the whole validation split: the run's result
-    val_perplexity: float | None  # the last evaluation (a sample when val_sample_tokens is set)
-    elapsed: float
-    tokens_per_s: float
-    val_sample_tokens: int | None = None  # evaluations during training scored this many tokens
-    sampled_best_val_perplexity: float | None = None  # the sample's score that chose best.pt
-    validation_s: float = 0.0  # this invocation's seconds of validation, which elapsed leaves out
 
 
 class Window:
@@ -145,7 +130,7 @@ class Trainer:
         return self.finish("finished" if last else "interrupted", val)
 
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._upload(xb, yb)
+        x, y = upload_batch(xb, yb, self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         state = self.state if self.sampler.carries_state else None
@@ -161,15 +146,6 @@ class Trainer:
         if self.sampler.carries_state:
             self.state = detach_state(state)
         return loss.detach(), grad_norm.detach()
-
-    def _upload(self, xb: np.ndarray, yb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = torch.from_numpy(np.stack((xb, yb)).astype(np.int64))  # (2, B, T): one copy, not two
-        if self.device.type == "cuda":
-            # From pageable memory the copy is synchronous; pinned, it overlaps the running step
-            # (the caching host allocator keeps the pinned block until the copy has run).
-            batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True)
-        return batch[0], batch[1]
 
     def advance(self, batches):
         """Count the step; a new epoch has a new offset, so carried state would belong to other text."""
@@ -302,40 +278,25 @@ class Trainer:
                         progress=run_progress(self.step, self.elapsed, self.cfg, self.total)[0])
         return info
 
-    def score_best(self) -> float | None:
-        """best.pt on the whole validation split, as `charlm evaluate` scores it.
-
-        Only needed when evaluations scored a sample; rank 0 scores it in one pass while the
-        other ranks wait, so the figure does not depend on the number of processes.
-        """
+    def score_best(self, status: str) -> float | None:
+        """best.pt on the whole validation split, when evaluations scored a sample of it."""
         if not self.val_sample_tokens or self.best_val is None:
             return self.best_val
-        best = None
-        if self.dist.is_main:
-            self.emit("note", {"message": f"scoring best.pt on the whole validation split "
-                                          f"({len(self.corpus.val):,} tokens)"})
-            model = copy.deepcopy(self.model)
-            load_weights(model, load_checkpoint(self.folder.best)["model"], str(self.folder.best))
-            started = time.perf_counter()
-            best = evaluate_ids(model, self.corpus.val, device=self.device).perplexity
-            self.validation_s += time.perf_counter() - started
-        self.dist.barrier()
+        if status != "finished":
+            return None  # Ctrl-C should exit now; the resumed run scores best.pt when it finishes
+        whole = self.corpus.val
+        self.emit("note", {"message": f"scoring best.pt on the whole validation split ({len(whole):,} tokens)"})
+        best, seconds = score_whole_split(self.model, self.folder.best, whole, self.device, self.dist)
+        self.validation_s += seconds
         return best
 
     def finish(self, status: str, val: float | None) -> TrainResult:
         """best.pt's full-split score, summary.json, runs/LATEST and curves.png, then the result."""
         self.folder.close_log()
         sample = self.val_sample_tokens
-        result = TrainResult(self.folder.path, status, self.step, self.score_best(), val, self.elapsed,
-                             self.tokens_per_s(), sample, self.best_val if sample else None, self.validation_s)
-        summary = {"status": status, "step": self.step, "best_val_perplexity": result.best_val_perplexity,
-                   "val_perplexity": val, "elapsed": self.elapsed, "tokens_per_s": result.tokens_per_s,
-                   "validation_s": self.validation_s}
-        if sample:
-            summary.update(val_sample_tokens=sample, sampled_best_val_perplexity=self.best_val)
-        if self.trainable:
-            summary["precision"] = self.precision.name
-        self.folder.finish(summary, curves=self.trainable, note=lambda m: self.emit("note", {"message": m}))
+        result = TrainResult(self.folder.path, status, self.step, self.score_best(status), val, self.elapsed,
+                             self.tokens_per_s(), sample, self.best_val if sample else None, self.validation_s,
+                             self.precision.name if self.trainable else None)
+        self.folder.finish(result.summary(), curves=self.trainable, note=lambda m: self.emit("note", {"message": m}))
         self.emit("end", {"result": result})
         return result
-

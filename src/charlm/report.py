@@ -84,7 +84,7 @@ class TrainingDisplay:
         if row.get("val_perplexity") is not None:
             self.val = row["val_perplexity"]
         # A sampled validation figure is never shown bare: ≈ marks it, as the start line explains.
-        approx = "≈" if row.get("val_sample_tokens") or self.info.get("val_sample_tokens") else ""
+        approx = "≈" if self.info.get("val_sample_tokens") else ""
         if self.quiet or self.progress is None:
             if not self.quiet and "val_perplexity" in row:
                 self.console.print(f"step {row['step']}: val perplexity {approx}{_fmt(self.val)}")
@@ -112,17 +112,18 @@ class TrainingDisplay:
             self.progress.update(self.task, tps=f"{result.tokens_per_s / 1000:.1f}k")
             self.progress.stop()
             self.progress = None
-        best = result.best_val_perplexity
-        bits = f" ({math.log2(best):.3f} bits/token)" if best else ""
-        if result.sampled_best_val_perplexity is not None:
-            bits += (f" on the whole split (≈{result.sampled_best_val_perplexity:.3f} on the "
-                     f"{result.val_sample_tokens:,}-token sample that chose it)")
+        best, sampled, n = result.best_val_perplexity, result.sampled_best_val_perplexity, result.val_sample_tokens
+        shown = _fmt(best) + (f" ({math.log2(best):.3f} bits/token)" if best else "")
+        if sampled is not None and best is None:  # interrupted: the finished run will score the whole split
+            shown = f"≈{sampled:.3f} on the {n:,}-token sample (the whole split is scored when the run finishes)"
+        elif sampled is not None:
+            shown += f" on the whole split (≈{sampled:.3f} on the {n:,}-token sample that chose it)"
         # Training time leaves evaluations out; where they took longer (a counting model's one pass
         # of counts, a long validation split), say so rather than print a run that seems instant.
         took = f" (+{result.validation_s:.1f}s validation)" if result.validation_s > result.elapsed else ""
         line = (f"{result.status} at step {result.step} in {result.elapsed:.1f}s{took}, "
                 f"{result.tokens_per_s:,.0f} tok/s; "
-                f"best val perplexity {_fmt(best)}{bits} → {result.run_dir}")
+                f"best val perplexity {shown} → {result.run_dir}")
         self.console.print(line, highlight=False, soft_wrap=True, markup=False)
         if result.status == "interrupted":
             self.console.print(f"resume with: charlm train --resume {result.run_dir}", highlight=False, markup=False)

@@ -1,4 +1,4 @@
-"""Process set-up at the edges of a run: the device, the threads, the seeds, and stop signals."""
+"""Process set-up at the edges of a run: the device, the threads, the seeds, stop signals, a batch's upload."""
 
 from __future__ import annotations
 
@@ -64,6 +64,17 @@ def training_device(name: str, world_size: int = 1) -> torch.device:
     if name not in ("auto", "cpu"):
         raise ConfigError(f"train.device: '{name}' is not supported in a distributed run (use auto, cpu or cuda)")
     return torch.device("cpu")
+
+
+def upload_batch(xb: np.ndarray, yb: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's inputs and targets on `device`, as int64 ids."""
+    batch = torch.from_numpy(np.stack((xb, yb)).astype(np.int64))  # (2, B, T): one copy, not two
+    if device.type == "cuda":
+        # From pageable memory the copy is synchronous; pinned, it overlaps the running step
+        # (the caching host allocator keeps the pinned block until the copy has run).
+        batch = batch.pin_memory()
+    batch = batch.to(device, non_blocking=True)
+    return batch[0], batch[1]
 
 
 def seed_rank(seed: int, rank: int, world_size: int) -> None:
