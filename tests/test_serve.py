@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
 def client(run_dir, tmp_path):
     copy = tmp_path / "tiny"
     shutil.copytree(run_dir, copy)
-    with TestClient(create_app(find_runs([copy]))) as c:
+    with TestClient(create_app(find_runs([copy])), base_url="http://127.0.0.1:8000") as c:
         c.run_folder = copy
         yield c
 
@@ -108,7 +108,9 @@ def test_oversized_and_malformed_bodies_are_refused(client):
     big = client.post("/api/score", content=b'{"text": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}',
                       headers={"content-type": "application/json"})
     assert big.status_code == 413 and "over 1,048,576 bytes" in big.json()["error"]
-    assert client.post("/api/score", content=b"{not json").json() == {"error": "the request body is not JSON"}
+    as_json = {"content-type": "application/json"}
+    assert client.post("/api/score", content=b"{not json", headers=as_json).json() == {
+        "error": "the request body is not JSON"}
     assert client.post("/api/score", json=["a"]).status_code == 400
     assert client.post("/api/score", json={"text": ""}).json()["error"] == "give the text to score"
     assert "unknown field 'txt'; did you mean 'text'?" in client.post("/api/score", json={"txt": "ab"}).json()["error"]
