@@ -123,7 +123,8 @@ def create_app(runs: dict[str, Path], host: str = "127.0.0.1") -> Starlette:
         def on_token(step, tokens):
             if stop.is_set():
                 raise _Stopped
-            put("token", {"text": tokens[0]})
+            if stream:  # a non-streaming answer waits for "done" alone, checking that its client is there
+                put("token", {"text": tokens[0]})
 
         def work():
             from charlm.inference import generate_from_checkpoint
