@@ -305,3 +305,26 @@ def test_an_abandoned_non_streaming_generate_stops(client, monkeypatch):
     assert finished.wait(60)
     assert endings == ["_Stopped"]
     assert sent[0]["status"] == 499
+
+
+def test_loading_a_checkpoint_does_not_hold_the_event_loop(client, monkeypatch):
+    import threading
+
+    import charlm.checkpoint
+
+    entered, release, waited_out = threading.Event(), threading.Event(), []
+    real = charlm.checkpoint.load_model
+
+    def slow(file):
+        entered.set()
+        waited_out.append(not release.wait(10))  # True: nothing else could run while this waited
+        return real(file)
+
+    monkeypatch.setattr(charlm.checkpoint, "load_model", slow)
+    scoring = threading.Thread(target=lambda: client.post("/api/score", json={"text": "The"}))
+    scoring.start()
+    assert entered.wait(30)
+    assert client.get("/api/runs").status_code == 200  # answered while the model loads
+    release.set()
+    scoring.join(30)
+    assert waited_out == [False]
