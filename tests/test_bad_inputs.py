@@ -425,9 +425,11 @@ CASES = [
     case("generate-top-k-zero", "generate --strategy top_k --top-k 0", "top_k must be a whole number >= 1"),
     case("generate-unknown-strategy", "generate --strategy beam", "unknown sampling strategy 'beam'"),
     case("generate-length-zero", "generate --length 0", "length must be at least 1"),
-    case("generate-huge-length", "generate --length 1000000000000", "do not fit in memory; lower --length"),
+    case("generate-huge-length", "generate --length 1000000000000", "one generation returns; lower --length"),
     case("generate-no-samples", "generate --num-samples 0", "num_samples must be at least 1"),
-    case("generate-huge-num-samples", "generate --num-samples 1000000000000", "do not fit in memory"),
+    case("generate-huge-num-samples", "generate --num-samples 1000000000000", "one generation returns"),
+    case("generate-1e8-samples-of-one", "generate -n 100000000 --length 1", "100,000,000 sample(s) of 1 tokens is "
+         "100,000,000 tokens, over the 10,000,000 one generation returns"),
     case("generate-huge-seed", "generate --seed " + "9" * 30, "seed must fit in 64 bits"),
     case("generate-unknown-policy", "generate --unknown ignore", "unknown: 'ignore' is not one of error, map"),
     case("generate-stop-outside-vocabulary", ["generate", "--stop", "€"], "stop string has characters not in the "

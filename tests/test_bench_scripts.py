@@ -103,3 +103,14 @@ def test_bench_generate_prints_each_precision_against_the_plain_forward(capsys):
     assert fp32_ratio == pytest.approx(fp32 / plain, rel=0.01, abs=0.01)
     assert best_ratio == pytest.approx(max(fp32, bf16, int8) / plain, rel=0.01, abs=0.01)
     assert number(rows[0][10]) > 0 and len(rows[1]) == 10  # naive only at the first length
+
+
+def test_bench_serve_prints_one_client_and_many_with_the_ratio(capsys):
+    pytest.importorskip("uvicorn")
+    load_script("bench_serve").main(["--quick"])
+    out = capsys.readouterr().out
+    assert "cpu: " in out and "load average before" in out and "POST /api/generate length 200" in out
+    table = out[out.index("clients  requests"):].splitlines()[1:3]
+    rows = [line.split() for line in table]
+    assert [row[0] for row in rows] == ["1", "4"] and all(float(row[2]) > 0 for row in rows)
+    assert "4 clients: " in out and "x the requests/s of one client" in out

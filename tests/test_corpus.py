@@ -427,3 +427,21 @@ def subprocess_sleeping():
     import sys
 
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+@pytest.mark.parametrize("name", ["meta.json", "vocab.json", "stats.json"])
+@pytest.mark.parametrize("target", ["/dev/zero", "sparse"])
+def test_a_json_file_that_is_a_device_or_huge_is_refused_before_it_is_read(tmp_path, name, target):
+    from charlm.data.jsonfile import MAX_VOCAB_BYTES
+
+    source = write(tmp_path / "t.txt", "hello world, hello there\n" * 20)
+    folder = tmp_path / "t"
+    preprocess(source, folder)
+    (folder / name).unlink()
+    if target == "sparse":  # no disk used: a hole larger than any limit
+        with open(tmp_path / "sparse", "wb") as handle:
+            handle.truncate(MAX_VOCAB_BYTES + 1)
+        target = tmp_path / "sparse"
+    (folder / name).symlink_to(target)
+    with pytest.raises(DataError, match="is not a regular file" if target == "/dev/zero" else r"over the [\d,]+ "):
+        load_corpus(folder)

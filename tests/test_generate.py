@@ -344,3 +344,42 @@ def test_every_registered_model_serves_generate_and_evaluate(name):
     text = "the time traveller for so it will be convenient to speak of him"
     short, long = (evaluate_text(model, vocab, text, chunk_len=n).nats_per_token for n in (5, 100))
     assert short == pytest.approx(long, abs=1e-5)
+
+
+def test_many_samples_run_in_batches_of_at_most_sample_batch_and_the_same_seed_repeats(monkeypatch):
+    import charlm.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "SAMPLE_BATCH", 4)
+    vocab = char_vocab()
+    model, _ = build_model("rnn", len(vocab), hidden_size=8)
+    batches = []
+    real_init = model.init_state
+    monkeypatch.setattr(model, "init_state", lambda batch, device: batches.append(batch) or real_init(batch, device))
+    first = gen(model, vocab, "ab", length=6, num_samples=10, seed=3, strategy="sample")
+    assert batches == [4, 4, 2]  # the state is never made for more than a batch of samples
+    assert len(first.continuations) == len(first.stopped) == 10 and all(len(c) == 6 for c in first.continuations)
+    assert gen(model, vocab, "ab", length=6, num_samples=10, seed=3, strategy="sample") == first
+
+
+def test_more_tokens_than_one_generation_returns_is_one_line_naming_the_limit(monkeypatch):
+    import charlm.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "MAX_TOKENS", 100)
+    vocab = char_vocab()
+    model, _ = build_model("rnn", len(vocab), hidden_size=8)
+    with pytest.raises(ConfigError, match=r"101 sample\(s\) of 1 tokens is 101 tokens, over the 100 one generation"):
+        gen(model, vocab, "ab", length=1, num_samples=101)
+    assert len(gen(model, vocab, "ab", length=1, num_samples=100).continuations) == 100
+
+
+def test_streaming_setup_decodes_each_token_once_not_once_per_vocabulary_entry(monkeypatch):
+    tokens = ["<unk>", "a", "b"] + [f"w{i}" for i in range(3000)]
+    vocab = Vocab(tokens, [0] * len(tokens), level="word")
+    model, _ = build_model("rnn", len(vocab), hidden_size=8)
+    decodes = []
+    real_decode = vocab.decode
+    monkeypatch.setattr(vocab, "decode", lambda ids, **kw: decodes.append(1) or real_decode(ids, **kw))
+    pieces = []
+    result = gen(model, vocab, "a", length=5, seed=0, on_token=lambda step, p: pieces.append(p[0]))
+    assert len(decodes) == 1  # the final text only; the streamed pieces come from one shared table
+    assert "".join(pieces) == result.continuations[0]

@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
 def client(run_dir, tmp_path):
     copy = tmp_path / "tiny"
     shutil.copytree(run_dir, copy)
-    with TestClient(create_app(find_runs([copy]))) as c:
+    with TestClient(create_app(find_runs([copy])), base_url="http://127.0.0.1:8000") as c:
         c.run_folder = copy
         yield c
 
@@ -108,7 +108,9 @@ def test_oversized_and_malformed_bodies_are_refused(client):
     big = client.post("/api/score", content=b'{"text": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}',
                       headers={"content-type": "application/json"})
     assert big.status_code == 413 and "over 1,048,576 bytes" in big.json()["error"]
-    assert client.post("/api/score", content=b"{not json").json() == {"error": "the request body is not JSON"}
+    as_json = {"content-type": "application/json"}
+    assert client.post("/api/score", content=b"{not json", headers=as_json).json() == {
+        "error": "the request body is not JSON"}
     assert client.post("/api/score", json=["a"]).status_code == 400
     assert client.post("/api/score", json={"text": ""}).json()["error"] == "give the text to score"
     assert "unknown field 'txt'; did you mean 'text'?" in client.post("/api/score", json={"txt": "ab"}).json()["error"]
@@ -169,3 +171,160 @@ def test_concurrent_requests_from_several_tabs_share_one_loaded_model(client, mo
         else:
             assert answer.json()["text"] == "The" + expected[seed].continuations[0]
     assert len(loads) == 1
+
+
+def bad_run_folder(root, name="bad"):
+    """A run folder whose files hold what strict JSON cannot: every one must still list."""
+    import datetime
+
+    shutil.copytree(root, root.parent / name)
+    folder = root.parent / name
+    (folder / "metrics.jsonl").write_text('{"step": 1, "val_perplexity": Infinity}\n[1, 2, 3]\n"a row"\n'
+                                          + "[" * 100_000 + "\n" + '{"step": 2, "val_perplexity": NaN}\n')
+    (folder / "summary.json").write_text('{"best_val_perplexity": NaN}')
+    (folder / "config.yaml").write_text(f"a: .nan\nb: {datetime.date(2026, 1, 2)}\nc: !!binary aGk=\nd: -.inf\n")
+    return folder
+
+
+def test_one_bad_run_folder_lists_as_nulls_and_every_run_is_still_listed(client):
+    bad = bad_run_folder(client.run_folder)
+    with TestClient(create_app(find_runs([client.run_folder, bad])), base_url="http://127.0.0.1:8000") as c:
+        response = c.get("/api/runs")
+        assert response.status_code == 200, response.text
+        runs = {r["name"]: r for r in response.json()["runs"]}
+        assert set(runs) == {"tiny", "bad"} and runs["tiny"]["config"]["model"]["name"] == "rnn"
+        assert runs["bad"]["config"] == {"a": None, "b": "2026-01-02", "c": None, "d": None}
+        assert runs["bad"]["best_val_perplexity"] is None and runs["bad"]["steps"] == 2
+        detail = c.get("/api/runs/bad")
+        assert detail.status_code == 200 and detail.json()["metrics"] == [{"step": 1, "val_perplexity": None},
+                                                                          {"step": 2, "val_perplexity": None}]
+
+
+def test_only_the_tail_of_a_long_metrics_log_and_a_config_of_bounded_size_are_read(client, monkeypatch):
+    import charlm.serve.runs
+
+    monkeypatch.setattr(charlm.serve.runs, "METRICS_TAIL_BYTES", 1000)
+    rows = "".join(json.dumps({"step": i, "val_perplexity": 100.0 - i / 1000}) + "\n" for i in range(20_000))
+    (client.run_folder / "metrics.jsonl").write_text(rows)
+    (client.run_folder / "summary.json").unlink()
+    detail = client.get("/api/runs/tiny").json()
+    steps = [row["step"] for row in detail["metrics"]]
+    assert steps[-1] == 19_999 and 0 < len(steps) < 30 and steps == list(range(steps[0], 20_000))
+    assert detail["steps"] == 19_999 and detail["best_val_perplexity"] == 100.0 - 19_999 / 1000
+    (client.run_folder / "config.yaml").write_text("a: 1\n" + "#" * (2 << 20))  # over a config's 1 MB
+    assert client.get("/api/runs/tiny").json()["config"] is None
+
+
+def poison(folder):
+    import torch
+
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(folder / name, weights_only=True)
+        key = next(k for k, v in payload["model"].items() if v.is_floating_point())
+        payload["model"][key][0] = float("nan")
+        torch.save(payload, folder / name)
+
+
+def test_a_model_with_nan_weights_is_one_line_in_serve_and_in_the_cli(client):
+    poison(client.run_folder)
+    for response in (client.post("/api/score", json={"text": "The"}),
+                     client.post("/api/generate", json={"length": 3, "stream": False})):
+        assert response.status_code == 400 and "hold NaN or inf" in response.json()["error"]
+    for command in (["evaluate", "--json"], ["score", "The Time", "--json"]):
+        line = one_error_line(invoke(*command, "--checkpoint", str(client.run_folder)))
+        assert "hold NaN or inf" in line and "NaN," not in line
+
+
+def test_a_deeply_nested_body_is_a_400(client):
+    body = b'{"text": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    response = client.post("/api/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json() == {"error": "the request body is nested too deeply"}
+
+
+def test_reading_run_folders_does_not_hold_the_event_loop(client, monkeypatch):
+    import threading
+
+    import charlm.serve.app
+
+    entered, release, waited_out = threading.Event(), threading.Event(), []
+    real = charlm.serve.app.describe_run
+
+    def slow(*args, **kwargs):
+        entered.set()
+        waited_out.append(not release.wait(10))  # True: nothing else could run while this waited
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(charlm.serve.app, "describe_run", slow)
+    listing = threading.Thread(target=lambda: client.get("/api/runs"))
+    listing.start()
+    assert entered.wait(30)
+    assert client.get("/static/style.css").status_code == 200  # served while the listing is busy
+    release.set()
+    listing.join(30)
+    assert waited_out == [False]
+
+
+def test_an_abandoned_non_streaming_generate_stops(client, monkeypatch):
+    """The client sends its request and leaves: the generation ends instead of running to its length."""
+    import threading
+
+    import anyio
+
+    import charlm.inference
+
+    endings, finished = [], threading.Event()
+    real = charlm.inference.generate_from_checkpoint
+
+    def recorded(*args, **kwargs):
+        try:
+            run = real(*args, **kwargs)
+            endings.append("completed")
+            return run
+        except BaseException as exc:
+            endings.append(type(exc).__name__)
+            raise
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(charlm.inference, "generate_from_checkpoint", recorded)
+    body = json.dumps({"length": 10_000, "stream": False}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():  # the request, then the client is gone
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/generate", "raw_path": b"/api/generate", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    anyio.run(create_app(find_runs([client.run_folder])), scope, receive, send)
+    assert finished.wait(60)
+    assert endings == ["_Stopped"]
+    assert sent[0]["status"] == 499
+
+
+def test_loading_a_checkpoint_does_not_hold_the_event_loop(client, monkeypatch):
+    import threading
+
+    import charlm.checkpoint
+
+    entered, release, waited_out = threading.Event(), threading.Event(), []
+    real = charlm.checkpoint.load_model
+
+    def slow(file):
+        entered.set()
+        waited_out.append(not release.wait(10))  # True: nothing else could run while this waited
+        return real(file)
+
+    monkeypatch.setattr(charlm.checkpoint, "load_model", slow)
+    scoring = threading.Thread(target=lambda: client.post("/api/score", json={"text": "The"}))
+    scoring.start()
+    assert entered.wait(30)
+    assert client.get("/api/runs").status_code == 200  # answered while the model loads
+    release.set()
+    scoring.join(30)
+    assert waited_out == [False]

@@ -123,3 +123,19 @@ def test_decode_encode_round_trips_normalized_text(text, mode, level):
     vocab = Vocab.build(Counter(tokens), level)
     assert vocab.decode(vocab.encode(tokens)) == normalized
     assert vocab.decode(vocab.encode_array(normalized)) == normalized
+
+
+def test_decoding_a_few_ids_costs_nothing_in_the_vocabulary_size():
+    import tracemalloc
+
+    tokens = ["<unk>"] + [f"w{i}" for i in range(1_000_000)]
+    vocab = Vocab(tokens, [0] * len(tokens), level="word")
+    tracemalloc.start()
+    try:
+        text = vocab.decode([1, 0, 2])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert text == "w0\ufffdw1" and vocab.decode([0], unk="?") == "?"
+    assert vocab.texts()[5] == vocab.decode([5]) == "w4"
+    assert peak < 100_000  # a copy of the token list would be 8 MB

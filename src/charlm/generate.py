@@ -25,6 +25,11 @@ WARM_CHUNK = 512
 # An empty prompt starts the text as if after a line break: the first of these the vocabulary has
 # (a letters-only vocabulary has no newline). Never <unk>, which the model never saw as input.
 START_TOKENS = ("\n", " ")
+# Samples run in batches of at most SAMPLE_BATCH (one batch up to there, as they always have), so
+# the state, logits and ids held are one batch's however many are asked for; MAX_TOKENS bounds
+# what one call returns as text (num_samples * length).
+SAMPLE_BATCH = 256
+MAX_TOKENS = 10_000_000
 
 # on_token(step, pieces): pieces[b] is the text sample b gained at this step ("" once stopped)
 TokenCallback = Callable[[int, list[str]], None]
@@ -138,7 +143,7 @@ def warm(model, ids, batch_size: int, device, chunk: int | None = None):
 def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: GenerateConfig = GenerateConfig(),
              *, normalize: str = "none", fast: bool = True, on_prefix: Callable[[str], None] | None = None,
              on_token: TokenCallback | None = None) -> GenerationResult:
-    """Continue `prompt` (None: params.prefix) by up to params.length tokens, num_samples as one batch.
+    """Continue `prompt` (None: params.prefix) by up to params.length tokens, num_samples in batches.
 
     The prompt is normalized like the training text and run through the model in chunks that only
     warm the state; its last logits choose the first new token. Each new token is then fed back
@@ -150,6 +155,8 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
     `params.stop`: a sample stops once its text ends with the stop string after a new token (matches
     may start inside the prompt); its continuation ends with, and includes, the stop string --
     exactly what was streamed. The batch runs until every sample stopped or `length` is reached.
+
+    Past SAMPLE_BATCH samples, on_token's pieces are those of the batch running (steps restart at 0).
 
     The model runs where its weights are, in eval mode under inference_mode, and gets its previous
     train/eval mode back. The same seed gives the same text.
@@ -166,11 +173,34 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
     generator = torch.Generator(device=device)
     seed = generator.manual_seed(p.seed).initial_seed() if p.seed is not None else generator.seed()
 
-    B, S, length = p.num_samples, len(stop), p.length
+    total = p.num_samples * p.length
+    if total > MAX_TOKENS:
+        raise ConfigError(f"{p.num_samples:,} sample(s) of {p.length:,} tokens is {total:,} tokens, over the "
+                          f"{MAX_TOKENS:,} one generation returns; lower --length or --num-samples")
+    # Streamed pieces come from decode itself, so they always add up to the returned text.
+    pieces = vocab.texts() if on_token is not None else ()
+    if on_prefix is not None:
+        on_prefix(encoded.text)
+    warm_ids = encoded.ids if len(encoded.ids) else np.array([start_token(vocab)])
     # Ids kept per sample: the prompt's last S (a stop may start there) and the output, so memory
     # does not grow with the prompt.
+    S = len(stop)
     tail = encoded.ids[len(encoded.ids) - min(S, len(encoded.ids)):].tolist() if S else []
-    T0 = len(tail)
+    continuations, stopped = [], []
+    for first in range(0, p.num_samples, SAMPLE_BATCH):
+        B = min(SAMPLE_BATCH, p.num_samples - first)
+        texts, ended = _sample_batch(model, vocab, p, B, warm_ids, tail, stop, pick, generator, device,
+                                     fast, pieces, on_token)
+        continuations += texts
+        stopped += ended
+    return GenerationResult(prefix=encoded.text, continuations=continuations, stopped=stopped,
+                            mapped=encoded.unknown if p.unknown == "map" else [], seed=seed)
+
+
+def _sample_batch(model, vocab, p: GenerateConfig, B: int, warm_ids, tail: list[int], stop: list[int], pick,
+                  generator, device, fast: bool, pieces, on_token) -> tuple[list[str], list[bool]]:
+    """B samples as one batch, from the prompt's warmed state: (continuations, stopped)."""
+    S, T0, length = len(stop), len(tail), p.length
     try:
         buf = torch.empty((B, T0 + length), dtype=torch.long, device=device)
     except (RuntimeError, TypeError, ValueError, MemoryError):  # too large to allocate, or to index
@@ -180,11 +210,6 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
     ends = torch.full((B,), T0 + length, dtype=torch.long, device=device)  # exclusive end per sample
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop_t = torch.tensor(stop, device=device) if S else None  # (S,)
-    # Streamed pieces come from decode itself, so they always add up to the returned text.
-    pieces = [vocab.decode([i]) for i in range(len(vocab))] if on_token is not None else []
-    if on_prefix is not None:
-        on_prefix(encoded.text)
-    warm_ids = encoded.ids if len(encoded.ids) else np.array([start_token(vocab)])
 
     with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
         logits, state = warm(model, warm_ids, B, device)
@@ -209,8 +234,7 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
     # Samples still running end where the loop ended (early only if all of them stopped).
     ends = torch.where(done, ends, torch.full_like(ends, T0 + step + 1))
     continuations = [vocab.decode(row[T0:end]) for row, end in zip(buf.tolist(), ends.tolist())]
-    return GenerationResult(prefix=encoded.text, continuations=continuations, stopped=done.tolist(),
-                            mapped=encoded.unknown if p.unknown == "map" else [], seed=seed)
+    return continuations, done.tolist()
 
 
 def novelty(sample: str, training_text: str) -> tuple[int, str]:

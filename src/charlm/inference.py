@@ -13,7 +13,7 @@ import numpy as np
 from charlm.checkpoint import LoadedModel, check_same_vocab, load_model
 from charlm.data.text import read_text
 from charlm.distributed import resolve_device
-from charlm.errors import DataError
+from charlm.errors import CheckpointError, DataError
 from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.config import GenerateConfig
 from charlm.generate import GenerationResult, check_params, generate, model_device, novelty
@@ -23,7 +23,21 @@ def _load(checkpoint, device: str) -> LoadedModel:
     """A checkpoint path (or None: the latest run), or a model loaded already (kept on its device)."""
     if isinstance(checkpoint, LoadedModel):
         return checkpoint
-    return load_model(checkpoint, device=resolve_device(device))
+    loaded = load_model(checkpoint, device=resolve_device(device))
+    check_finite(loaded)
+    return loaded
+
+
+def check_finite(loaded: LoadedModel) -> None:
+    """Refuse a model with NaN or inf weights: every score would be NaN and every sample noise."""
+    import itertools
+
+    import torch
+
+    for name, tensor in itertools.chain(loaded.model.named_parameters(), loaded.model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{loaded.checkpoint.get('path', 'the checkpoint')}: the weights ({name}) hold "
+                                  "NaN or inf, so it cannot score or generate; use an earlier checkpoint")
 
 
 def training_ids(loaded: LoadedModel, split: str) -> np.ndarray:

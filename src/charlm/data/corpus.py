@@ -22,6 +22,7 @@ from charlm.data.encode import Progress, encode_source
 from charlm.data.folders import commit, discard, make_temp_dir
 from charlm.data.text import (DEFAULT_CHUNK_BYTES, ERRORS, LEVELS, NORMALIZATIONS, iter_normalized,
                               iter_text_chunks, iter_token_lists, resolve_corpus)
+from charlm.data.jsonfile import read_json
 from charlm.data.vocab import Vocab
 from charlm.errors import DataError
 
@@ -147,8 +148,8 @@ def is_prepared(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder preprocess wrote, in a format this version reads."""
     path = Path(path)
     try:
-        version = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format_version")
-    except (OSError, ValueError, AttributeError):
+        version = read_json(path / "meta.json").get("format_version")
+    except (OSError, DataError, AttributeError):
         return False
     return version == FORMAT_VERSION and all((path / f).is_file() for f in FILES)
 
@@ -180,10 +181,10 @@ def folder_name(source: str | os.PathLike) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         raise DataError(f"{path.parent} is missing {path.name}; run `charlm preprocess --force` again") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path} is not a JSON object; run `charlm preprocess --force` again")

@@ -11,13 +11,13 @@ from it may still evaluate on it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from charlm.data.corpus import PreparedCorpus, folder_name, is_prepared, load_corpus, preprocess
 from charlm.data.encode import letters_warning
 from charlm.data.folders import remove_stale_temps
+from charlm.data.jsonfile import read_json
 from charlm.data.text import BUILTIN_DATASETS, resolve_corpus, sha256_file
 from charlm.errors import DataError
 
@@ -114,7 +114,7 @@ def _meta(folder: Path) -> dict | None:
     """meta.json of a prepared folder, or None; only the folder chosen is loaded (and checked) whole."""
     if not is_prepared(folder):
         return None
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    meta = read_json(folder / "meta.json")
     return meta if isinstance(meta, dict) else None
 
 

@@ -46,6 +46,7 @@ class Vocab:
         if len(self._index) != len(self.tokens):
             raise DataError("vocabulary lists a token twice")
         self._char_table: np.ndarray | None = None  # code point → id, built on first use
+        self._texts = (UNK_TEXT,) + self.tokens[1:]  # id → decoded text, built once: decode never copies it
 
     @classmethod
     def build(cls, counts: Mapping[str, int], level: str = "char", min_freq: int = 1) -> Vocab:
@@ -115,8 +116,14 @@ class Vocab:
         if ids and (min(ids) < 0 or max(ids) >= len(self)):
             bad = min(ids) if min(ids) < 0 else max(ids)
             raise DataError(f"token id {bad} is outside this vocabulary of {len(self)} tokens")
-        tokens = (unk,) + self.tokens[1:]
-        return "".join([tokens[i] for i in ids])
+        texts = self._texts
+        if unk != UNK_TEXT:
+            return "".join([unk if i == 0 else texts[i] for i in ids])
+        return "".join([texts[i] for i in ids])
+
+    def texts(self) -> tuple[str, ...]:
+        """Each id's decoded text (`decode([i]) == texts()[i]`), one shared tuple."""
+        return self._texts
 
     def unknown(self, tokens: Iterable[str]) -> list[str]:
         """Distinct tokens this vocabulary does not know, sorted."""
@@ -143,11 +150,13 @@ class Vocab:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:
         path = Path(path)
+        from charlm.data.jsonfile import MAX_VOCAB_BYTES, read_json
+
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path, MAX_VOCAB_BYTES, "vocabulary ")
         except FileNotFoundError:
             raise DataError(f"no vocabulary at {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise DataError(f"cannot read vocabulary {path}: {exc}") from None
         return cls.from_dict(data)
 

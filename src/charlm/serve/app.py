@@ -12,18 +12,22 @@ import json
 import threading
 from pathlib import Path
 
+import anyio
+
 from charlm.errors import CharLMError
 
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 except ImportError as exc:  # the optional extra is missing: one line, not a traceback
     raise CharLMError("charlm serve needs its extra: pip install 'charlm[serve]'") from exc
 
-from charlm.serve.fields import BadRequest, field, only_fields, read_body  # noqa: E402 -- after the extra's check
+from charlm.serve import guard  # noqa: E402 -- after the extra's check
+from charlm.serve.fields import BadRequest, field, only_fields, read_body  # noqa: E402
 from charlm.serve.runs import RunModels, describe_run  # noqa: E402
 
 STATIC = Path(__file__).with_name("static")
@@ -32,6 +36,10 @@ TOP_ALTERNATIVES = 5
 # Each endpoint's fields: any other is a misspelling, answered with the closest.
 GENERATE_FIELDS = ("run", "prefix", "strategy", "temperature", "top_k", "top_p", "length", "seed", "stop", "stream")
 SCORE_FIELDS = ("run", "text")
+# Model work runs in threads, this many at once (each model's lock makes its own work one at a
+# time); requests past it wait without holding a thread. Reading run folders has anyio's own pool.
+MODEL_THREADS = 4
+POLL_SECONDS = 0.25  # how often a non-streaming generate checks that its client is still there
 
 
 class _Stopped(Exception):
@@ -42,18 +50,32 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-def create_app(runs: dict[str, Path]) -> Starlette:
+class _Gone(Exception):
+    """A non-streaming client left before its answer was ready."""
+
+
+def create_app(runs: dict[str, Path], host: str = "127.0.0.1") -> Starlette:
+    """The app for `runs`; `host` is the address served, answered as a Host name besides loopback."""
     models = RunModels(runs)
+    limiter: list[anyio.CapacityLimiter] = []  # made on first use: it belongs to the running event loop
+
+    def in_model_thread(fn):
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(MODEL_THREADS))
+        return anyio.to_thread.run_sync(fn, limiter=limiter[0])
 
     async def index(request):
         return FileResponse(STATIC / "index.html")
 
+    def all_runs():
+        return {"runs": [describe_run(name, path) for name, path in runs.items() if path.is_dir()]}
+
     async def list_runs(request):
-        return JSONResponse({"runs": [describe_run(name, path) for name, path in runs.items() if path.is_dir()]})
+        return JSONResponse(await run_in_threadpool(all_runs))
 
     async def run_metrics(request):
         name, path = models.folder(request.path_params["name"])
-        return JSONResponse(describe_run(name, path, rows=True))
+        return JSONResponse(await run_in_threadpool(describe_run, name, path, rows=True))
 
     async def score(request):
         from charlm.inference import score_checkpoint
@@ -63,13 +85,14 @@ def create_app(runs: dict[str, Path]) -> Starlette:
         text = field(body, "text", str)
         if not text:
             raise BadRequest("give the text to score")
-        loaded, lock = models.get(field(body, "run", str))
+        run_name = field(body, "run", str)
+        loaded, lock = await in_model_thread(lambda: models.get(run_name))
 
         def work():
             with lock:
                 return score_checkpoint(loaded, text, top=TOP_ALTERNATIVES)
 
-        result = await asyncio.to_thread(work)
+        result = await in_model_thread(work)
         return JSONResponse({"tokens": result.tokens, "surprisal_bits": result.surprisal_bits,
                              "alternatives": result.alternatives, "total_bits": result.total_bits,
                              "bits_per_token": result.total_bits / max(1, len(result.tokens) - 1),
@@ -88,7 +111,8 @@ def create_app(runs: dict[str, Path]) -> Starlette:
         stream = body.get("stream", True)
         if not isinstance(stream, bool):
             raise BadRequest("stream must be true or false")
-        loaded, lock = models.get(field(body, "run", str))
+        run_name = field(body, "run", str)
+        loaded, lock = await in_model_thread(lambda: models.get(run_name))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -99,13 +123,16 @@ def create_app(runs: dict[str, Path]) -> Starlette:
         def on_token(step, tokens):
             if stop.is_set():
                 raise _Stopped
-            put("token", {"text": tokens[0]})
+            if stream:  # a non-streaming answer waits for "done" alone, checking that its client is there
+                put("token", {"text": tokens[0]})
 
         def work():
             from charlm.inference import generate_from_checkpoint
 
             try:
                 with lock:
+                    if stop.is_set():  # abandoned while it waited for the model
+                        raise _Stopped
                     run = generate_from_checkpoint(loaded, on_prefix=lambda t: put("prefix", {"text": t}),
                                                    on_token=on_token, **options)
                 result = run.result
@@ -118,18 +145,35 @@ def create_app(runs: dict[str, Path]) -> Starlette:
             except Exception as exc:  # noqa: BLE001 -- the server keeps serving whatever a model does
                 put("error", {"error": f"generation failed ({type(exc).__name__})", "status": 500})
 
-        threading.Thread(target=work, daemon=True).start()
+        task = asyncio.ensure_future(in_model_thread(work))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # the work reports its own errors
+
+        async def next_event():
+            """The work's next event; once the client has left, _Gone (and the work told to stop)."""
+            getter = asyncio.ensure_future(events.get())
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=POLL_SECONDS)
+                if done:
+                    return getter.result()
+                if await request.is_disconnected():
+                    getter.cancel()
+                    stop.set()
+                    raise _Gone
+
         head = []
-        while True:  # errors (a bad prefix, say) come before the first token: answer them as 4xx
-            kind, data = await events.get()
-            if kind == "error":
-                return JSONResponse({"error": data["error"]}, status_code=data.get("status", 400))
-            head.append((kind, data))
-            if kind != "prefix":
-                break
+        try:
+            while True:  # errors (a bad prefix, say) come before the first token: answer them as 4xx
+                kind, data = await next_event()
+                if kind == "error":
+                    return JSONResponse({"error": data["error"]}, status_code=data.get("status", 400))
+                head.append((kind, data))
+                if kind != "prefix":
+                    break
+            while not stream and head[-1][0] not in ("done", "stopped"):
+                head.append(await next_event())
+        except _Gone:
+            return JSONResponse({"error": "the client left"}, status_code=499)
         if not stream:
-            while head[-1][0] not in ("done", "stopped"):
-                head.append(await events.get())
             done = head[-1][1]
             return JSONResponse({**done, "text": done["prefix"] + done["continuation"]})
 
@@ -164,7 +208,8 @@ def create_app(runs: dict[str, Path]) -> Starlette:
                 Route("/api/score", score, methods=["POST"]), Route("/api/generate", generate, methods=["POST"]),
                 Mount("/static", StaticFiles(directory=STATIC), name="static")],
         exception_handlers={BadRequest: bad_request, CharLMError: library_error, HTTPException: http_error,
-                            Exception: internal_error})
+                            Exception: internal_error},
+        middleware=guard.middleware(host))
 
 
 def is_loopback(host: str) -> bool:
@@ -180,10 +225,13 @@ def check_port(host: str, port: int) -> None:
     """Fail with one line before starting when the address cannot be listened on."""
     import socket
 
+    if len(host) > guard.MAX_HOST_CHARS:
+        raise CharLMError(f"--host is {len(host):,} characters; a host name or address has at most "
+                          f"{guard.MAX_HOST_CHARS}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise CharLMError(f"--host {host!r} is not an address of this machine") from None
+    except (socket.gaierror, UnicodeError):
+        raise CharLMError(f"--host {host[:60]!r} is not an address of this machine") from None
     family, kind, _, _, address = infos[0]
     with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -196,4 +244,4 @@ def check_port(host: str, port: int) -> None:
 def run_server(runs: dict[str, Path], host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(runs), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(runs, host), host=host, port=port, log_level="warning", **guard.server_options())

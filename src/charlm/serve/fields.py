@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 import json
 import math
+
+import anyio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
 MAX_BODY_BYTES = 1 << 20  # a request past this is refused before it is parsed
+BODY_SECONDS = 10
 
 
 class BadRequest(Exception):
@@ -23,15 +26,21 @@ async def read_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise BadRequest(f"request body over {MAX_BODY_BYTES:,} bytes", 413)
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise BadRequest(f"request body over {MAX_BODY_BYTES:,} bytes", 413)
+    raw = bytearray()
+    with anyio.move_on_after(BODY_SECONDS) as waited:  # a client that stops mid-body is not waited on forever
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise BadRequest(f"request body over {MAX_BODY_BYTES:,} bytes", 413)
+    if waited.cancelled_caught:
+        raise BadRequest(f"the request body did not arrive within {BODY_SECONDS} s", 408)
+    raw = bytes(raw)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the request body is not JSON") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
