@@ -213,6 +213,29 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
                             mapped=encoded.unknown if p.unknown == "map" else [], seed=seed)
 
 
+def copied_lines(text: str, generated_from: int, complete: bool, training_lines: set[str]) -> tuple[int, list[str]]:
+    """The whole lines of `text` that hold generated characters (from index `generated_from` on)
+    and are lines of the training text too: (how many lines were checked, those found).
+
+    A line counts when a newline ends it, or when `complete` (the sample stopped there); the line
+    still being written when the length ran out is no whole line. For a word list (one word a
+    line) this answers whether a generated word is a dictionary entry, which the longest shared
+    substring cannot.
+    """
+    checked, found, start = 0, [], 0
+    pieces = text.split("\n")
+    for n, line in enumerate(pieces):
+        end = start + len(line)
+        last = n == len(pieces) - 1
+        whole = not last or (complete and line != "")
+        if whole and line and (end > generated_from or (not last and end + 1 > generated_from)):
+            checked += 1
+            if line in training_lines:
+                found.append(line)
+        start = end + 1
+    return checked, found
+
+
 def novelty(sample: str, training_text: str) -> tuple[int, str]:
     """Longest substring of `sample` that occurs in `training_text`, as (length, substring).
 
