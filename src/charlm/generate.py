@@ -186,7 +186,8 @@ def generate(model: torch.nn.Module, vocab, prompt: str | None = None, params: G
         on_prefix(encoded.text)
     warm_ids = encoded.ids if len(encoded.ids) else np.array([start_token(vocab)])
 
-    with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
+    # exact_fp32: the same text as on a CPU; step_threads: a small batch's tiny ops in one thread.
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device), fastgen.step_threads(B, device):
         logits, state = warm(model, warm_ids, B, device)
         step_fn = fastgen.stepper(model, state, p.precision) if fast else fastgen.plain_stepper(model, state)
         del state  # the stepper owns it now
