@@ -112,7 +112,7 @@ def test_weights_changed_between_calls_are_seen():
 @pytest.mark.parametrize("batch, threads_in_steps", [(1, 1), (fastgen.ONE_THREAD_BATCH + 1, 2)])
 def test_a_small_batch_generates_in_one_thread_and_gives_the_threads_back(monkeypatch, batch, threads_in_steps):
     # Dozens of tiny ops a token, each split over threads that wait on each other: on a busy CPU
-    # that made a gpt's generation 5-10 times slower than one thread (scripts/bench_generate.py).
+    # that made a gpt's generation 12-20 times slower than one thread (scripts/bench_generate.py).
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.manual_seed(0)
     vocab = Vocab(["<unk>", " ", "a", "b", "c"], [0, 1, 1, 1, 1])

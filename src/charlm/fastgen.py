@@ -45,8 +45,8 @@ def step_threads(batch_size: int, device: torch.device | str) -> Iterator[None]:
     A decode step at batch 1 is dozens of tiny ops (a gpt's is ~25 matrix-vector products, a
     layer norm and attention per layer); each one split over threads ends in a barrier, and when
     the cores are busy with anything else a thread that waits for a descheduled one waits a whole
-    time slice. scripts/bench_generate.py measures it: on a shared 2-core machine, 2 threads made
-    the shipped gpt and lstm 5 to 10 times slower than one. The products are memory-bound at this
+    time slice. scripts/bench_generate.py measures it: on a busy 2-core machine, 2 threads made
+    the shipped gpts and an lstm 12 to 20 times slower than one. The products are memory-bound at this
     size, so one thread loses little on an idle machine. A user's OMP_NUM_THREADS is kept.
     """
     if torch.device(device).type != "cpu" or batch_size > ONE_THREAD_BATCH or "OMP_NUM_THREADS" in os.environ:
