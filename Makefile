@@ -11,6 +11,7 @@ setup $(BIN)/charlm: pyproject.toml
 demo: $(BIN)/charlm
 	$(BIN)/charlm train --config rnn --force
 	$(BIN)/charlm generate --prefix "time traveller" --length 200
+	@echo "charlm is installed in $(VENV): 'source $(BIN)/activate' puts it on your PATH (or run $(BIN)/charlm)"
 
 test: $(BIN)/charlm
 	$(BIN)/ruff check src tests scripts

@@ -9,6 +9,8 @@ At each batch size and length it prints characters/s for:
   fp32   charlm.fastgen's step, the default (bit-for-bit the plain path's text);
   bf16, int8  the opt-in `generate --precision` weights of the recurrent step;
 and, at batch 1, "naive": re-running the whole text at every step (the lesson of carrying state).
+Then the shipped gpt sizes against an lstm at batch 1: with one thread and with torch's, and where
+a gpt's time goes (re-running the window when it slides, the key/value cache's torch.cat).
 Goals (issue 14): rnn 1x512 >= 35,000 chars/s in fp32, lstm 1x512 >= 10,000 in its best precision,
 both at batch 1 and flat in length.
 """
@@ -119,6 +121,79 @@ def main(argv: list[str] | None = None) -> None:
                                     + ("met" if got >= goal else "NOT met"))
     for line in verdicts:
         print("goal: " + line)
+    gpt_section(vocab, clock, repeats, args.quick)
+
+
+# The shipped gpt configs' sizes, and the lstm they are compared with (label: model name, options).
+GPT_CONFIGS = {
+    "lstm 2x512": ("lstm", {"hidden_size": 512, "num_layers": 2, "embedding_dim": 64}),
+    "gpt 4x128 c64": ("gpt", {"num_layers": 4, "num_heads": 4, "embedding_dim": 128, "context": 64}),
+    "gpt 6x384 c256": ("gpt", {"num_layers": 6, "num_heads": 6, "embedding_dim": 384, "context": 256}),
+}
+GPT_QUICK = {"lstm 1x16": ("lstm", {"hidden_size": 16, "num_layers": 1, "embedding_dim": 8}),
+             "gpt 1x8 c8": ("gpt", {"num_layers": 1, "num_heads": 1, "embedding_dim": 8, "context": 8})}
+
+
+def gpt_section(vocab, clock, repeats: int, quick: bool) -> None:
+    """Where a gpt's generation time goes at batch 1, past its context: threads, window re-runs, the cache."""
+    from charlm import fastgen
+
+    length = 40 if quick else 400
+    print(f"\ngpt against lstm, B=1, {length} chars from {PREFIX!r} (past the context): chars/s with one thread "
+          f"(generate's default up to B={fastgen.ONE_THREAD_BATCH}) and with torch's {torch.get_num_threads()}; "
+          "for a gpt, the share of its forward time spent re-running the window when it slides, and in torch.cat "
+          "(the growing key/value cache)")
+    print(f"{'model':<15} {'1 thread':>9} {'torch':>9} {'1/torch':>8} {'slides':>7} {'cat':>6}")
+    base = None
+    for label, (name, options) in (GPT_QUICK if quick else GPT_CONFIGS).items():
+        torch.manual_seed(0)
+        model, _ = build_model(name, len(vocab), **options)
+        one = rate(model, vocab, 1, length, repeats, clock, fast=True)
+        saved, fastgen.ONE_THREAD_BATCH = fastgen.ONE_THREAD_BATCH, 0  # the old way: torch's threads
+        try:
+            many = rate(model, vocab, 1, length, repeats, clock, fast=True)
+        finally:
+            fastgen.ONE_THREAD_BATCH = saved
+        base = base or one
+        slides = cat = ""
+        if name == "gpt":
+            slide_share, cat_share = _gpt_split(model, length, clock)
+            slides, cat = f"{slide_share:.0%}", f"{cat_share:.0%}"
+        print(f"{label:<15} {one:>9,.0f} {many:>9,.0f} {one / many:>7.1f}x {slides:>7} {cat:>6}"
+              + (f"   {one / base:.2f}x the lstm's chars/s" if name == "gpt" else ""))
+
+
+def _gpt_split(model, length: int, clock) -> tuple[float, float]:
+    """Shares of `length` one-token forwards (one thread) spent in the steps that slide the window and in torch.cat."""
+    slide = total = cat_time = 0.0
+    real_cat = torch.cat
+
+    def timed_cat(*args, **kwargs):
+        nonlocal cat_time
+        start = clock()
+        try:
+            return real_cat(*args, **kwargs)
+        finally:
+            cat_time += clock() - start
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            state, ids = model.init_state(1, "cpu"), torch.zeros(1, 1, dtype=torch.long)
+            torch.cat = timed_cat
+            for _ in range(length):
+                sliding = state[0].shape[1] == model.context
+                start = clock()
+                _, state = model(ids, state)
+                spent = clock() - start
+                total += spent
+                slide += spent if sliding else 0.0
+    finally:
+        torch.cat = real_cat
+        torch.set_num_threads(before)
+    return slide / total, cat_time / total
 
 
 if __name__ == "__main__":

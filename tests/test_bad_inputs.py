@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import invoke
+from charlm import safe_yaml
 from charlm.config import RunConfig, build_config, config_from_dict, dump_yaml, valid_keys
 from charlm.errors import ConfigError
 
@@ -267,9 +268,10 @@ MISMATCHED = [
          edit_checkpoint(on_folder("upper"), out="other.pt")),
     case("train-resume-data-folder-of-another-vocabulary", RESUME, "holds vocabulary sha256",
          preprocessed("upper", str.upper), edit_checkpoint(on_folder("upper"))),
-    case("train-init-from-a-vocabulary-of-the-same-size-in-another-order",
-         "train -c tiny.yaml --set train.out=runs/new --set data.corpus=data/swapped --init-from runs/tiny/last.pt",
-         "--init-from: runs/tiny/last.pt was trained with vocabulary sha256", preprocessed("swapped", swap_e_and_t)),
+    case("train-init-from-a-model-of-another-family",
+         "train -c tiny.yaml --set train.out=runs/new --set data.corpus=data/swapped --init-from other.pt",
+         "--init-from other.pt: its model is gru", preprocessed("swapped", swap_e_and_t),
+         edit_checkpoint(lambda payload, root: payload.update(model_name="gru"), out="other.pt")),
     case("train-force-into-a-folder-of-ones-own-files", "train -c tiny.yaml --force --set train.out=mine",
          "mine is not a charlm run folder", write("mine/summary.json", "{}\n"), write("mine/metrics.jsonl", "{}\n")),
     case("train-force-over-a-run-whose-best-is-a-folder", "train -c tiny.yaml --force",
@@ -620,9 +622,16 @@ def test_valid_configs_survive_the_yaml_round_trip(sets):
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=20).filter(lambda t: t.strip() not in ("", "null", "~", "Null", "NULL")))
-def test_set_keeps_string_values_as_typed(text):
+def test_set_reads_string_values_as_a_yaml_file_does(text):
+    # One reader for both: where YAML reads a string, --set gives that string (quotes dropped,
+    # escapes read); where it reads none (yes, 1.0, a list) a text field keeps the text as typed.
+    try:
+        parsed = safe_yaml.loads(text)
+    except Exception:
+        parsed = None
+    expected = parsed if isinstance(parsed, str) else text
     cfg = build_config({}, [f"generate.prefix={text}", f"train.out={text}"])
-    assert cfg.generate.prefix == text and cfg.train.out == text
+    assert cfg.generate.prefix == expected and cfg.train.out == expected
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

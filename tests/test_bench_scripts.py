@@ -95,7 +95,8 @@ def test_check_goals_prints_score_steps_and_verdict_per_goal(capsys):
 @pytest.mark.slow
 def test_bench_generate_prints_each_precision_against_the_plain_forward(capsys):
     load_script("bench_generate").main(["--quick", "--batches", "1"])
-    preamble, rows = table_rows(capsys.readouterr().out, "model")
+    out, gpt_section = capsys.readouterr().out.split("\ngpt against lstm", 1)
+    preamble, rows = table_rows(out, "model")
     assert any(line.startswith("cpu: ") for line in preamble)
     assert [row[:4] for row in rows] == [["rnn", "1x16", "1", "20"], ["rnn", "1x16", "1", "40"]]
     plain, fp32, bf16, int8, fp32_ratio, best_ratio = (number(cell.rstrip("x")) for cell in rows[0][4:10])
@@ -103,6 +104,13 @@ def test_bench_generate_prints_each_precision_against_the_plain_forward(capsys):
     assert fp32_ratio == pytest.approx(fp32 / plain, rel=0.01, abs=0.01)
     assert best_ratio == pytest.approx(max(fp32, bf16, int8) / plain, rel=0.01, abs=0.01)
     assert number(rows[0][10]) > 0 and len(rows[1]) == 10  # naive only at the first length
+    # The gpt section: one thread against torch's, and where a gpt's time goes.
+    _, gpt_rows = table_rows(gpt_section, "model")
+    assert [row[:2] for row in gpt_rows] == [["lstm", "1x16"], ["gpt", "1x8"]]
+    one, many, ratio = number(gpt_rows[1][3]), number(gpt_rows[1][4]), number(gpt_rows[1][5].rstrip("x"))
+    assert ratio == pytest.approx(one / many, rel=0.05, abs=0.06)
+    assert all(0 <= number(cell) <= 100 and cell.endswith("%") for cell in gpt_rows[1][6:8])
+    assert gpt_rows[1][9:] == ["the", "lstm's", "chars/s"]
 
 
 def test_bench_serve_prints_one_client_and_many_with_the_ratio(capsys):

@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+import yaml
 
-from cli_helpers import invoke
+from cli_helpers import invoke, one_error_line
 
 
 @pytest.fixture
@@ -233,7 +234,8 @@ def test_plot_defaults_to_the_latest_run(trained):
 
 def test_train_without_a_config_asks_for_one(workdir):
     result = invoke("train", "--set", "train.max_steps=3")
-    assert result.exit_code == 2 and result.stderr.startswith("error: give a config: --config NAME"), result.output
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: give a config: `charlm train TEXT --config NAME`"), result.output
     assert sorted(p.name for p in workdir.iterdir()) == ["corpus.txt", "tiny.yaml"]  # nothing trained or written
 
 
@@ -263,3 +265,65 @@ def test_the_last_progress_frame_shows_the_runs_tokens_per_second(workdir):
     summary = json.loads((workdir / "runs/tiny/summary.json").read_text())
     frames = re.findall(r"([\d.]+)k tok/s", result.output)
     assert frames and frames[-1] == f"{summary['tokens_per_s'] / 1000:.1f}"
+
+
+def test_train_takes_your_text_and_says_so_in_its_first_line(workdir):
+    # The shipped rnn config trains on The Time Machine, letters only; given a text, it trains on
+    # that text as it is, and the first line names the text and its data folder.
+    (workdir / "psalms.txt").write_text("The LORD is my shepherd; I shall not want.\n" * 200)
+    result = invoke("train", "psalms.txt", "--config", "rnn", "--set", "train.max_steps=2",
+                    "--set", "model.hidden_size=8", "--set", "train.eval_every=1")
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert "on psalms.txt (data/psalms, text as is, vocabulary 26)" in first, first
+    saved = yaml.safe_load((workdir / "runs/rnn/config.yaml").read_text())
+    assert saved["data"]["corpus"] == "psalms.txt" and saved["data"]["normalize"] == "none"
+    assert (workdir / "data/psalms/meta.json").is_file()
+
+
+def test_train_help_shows_training_on_your_own_text():
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    assert "[TEXT]" in result.output and "charlm train my_text.txt --config rnn" in result.output
+
+
+def test_the_corpus_is_given_once(workdir):
+    result = invoke("train", "corpus.txt", "--config", "tiny.yaml", "--set", "data.corpus=corpus.txt")
+    assert one_error_line(result) == ("error: the corpus is given twice: 'corpus.txt' and --set data.corpus; "
+                                      "give it once")
+
+
+def test_serve_help_names_the_extra_it_needs():
+    result = invoke("serve", "--help")
+    assert "(needs charlm[serve])" in " ".join(result.output.split())
+
+
+def test_plain_prints_many_samples_one_per_line(trained):
+    result = invoke("generate", "-n", "5", "--prefix", "t", "--stop", "e", "--length", "30", "--seed", "3",
+                    "--continuation-only", "--plain")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.split("\n")
+    assert len(lines) == 6 and lines[-1] == "" and "--- sample" not in result.stdout
+    assert all(line for line in lines[:-1])
+    headed = invoke("generate", "-n", "5", "--prefix", "t", "--stop", "e", "--length", "30", "--seed", "3",
+                    "--continuation-only")
+    assert [line for line in headed.stdout.split("\n") if line and not line.startswith("--- sample")] == lines[:-1]
+
+
+def test_check_novelty_reports_whole_generated_lines_found_in_the_training_text(trained):
+    result = invoke("generate", "-n", "3", "--prefix", "the", "--length", "40", "--seed", "1", "--check-novelty")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"novelty: \d+ of \d+ whole generated lines are lines of the training text", result.stderr)
+
+
+def test_plot_marks_validation_scored_on_a_sample(workdir, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    assert invoke("train", "--config", "tiny.yaml", "--quiet", "--set", "train.eval_tokens=300").exit_code == 0
+    labels = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (labels.extend(
+        t.get_text() for t in fig.axes[0].get_legend().get_texts()), real_close(fig)))
+    assert invoke("plot", "runs/tiny").exit_code == 0
+    assert labels == ["train", "validation ≈ (first 300 tokens)"]

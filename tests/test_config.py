@@ -204,3 +204,26 @@ def test_every_shipped_config_builds_its_model_and_batches():
             sampler = make_sampler(cfg.data.sampling, np.zeros(10**6, np.uint8), cfg.data.batch_size,
                                    cfg.data.num_steps, 0)
             check(cfg.data.num_steps, sampler.carries_state)
+
+
+def test_set_reads_a_quoted_string_as_a_yaml_file_does(tmp_path):
+    # generate.prefix="\n" in a file is a newline; on --set it was the four characters "\n" with quotes.
+    (tmp_path / "c.yaml").write_text('generate:\n  prefix: "\\n"\n  stop: \'a b\'\n')
+    from_file = load_config(tmp_path / "c.yaml").generate
+    from_set = build_config({}, ['generate.prefix="\\n"', "generate.stop='a b'"]).generate
+    assert from_file.prefix == from_set.prefix == "\n" and from_file.stop == from_set.stop == "a b"
+    # Text YAML reads as no string stays as typed (a file would need quotes; the shell ate them).
+    assert build_config({}, ["generate.prefix=yes", "data.corpus=2024.txt"]).generate.prefix == "yes"
+
+
+def test_a_shipped_config_on_another_corpus_keeps_the_text_as_is():
+    # ngram.yaml normalizes The Time Machine to letters (as D2L does); on your text that would
+    # silently score another, smaller alphabet than your other runs on it.
+    assert load_config("ngram").data.normalize == "letters"
+    assert load_config("ngram", ["data.corpus=kjv.txt"]).data.normalize == "none"
+    assert load_config("ngram", corpus="kjv.txt").data.normalize == "none"
+    assert load_config("ngram", corpus="kjv.txt").data.corpus == "kjv.txt"
+    assert load_config("ngram", ["data.corpus=kjv.txt", "data.normalize=letters"]).data.normalize == "letters"
+    assert load_config("ngram", ["data.corpus=timemachine"]).data.normalize == "letters"  # its own corpus
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config("ngram", ["data.corpus=a.txt"], corpus="b.txt")

@@ -445,3 +445,22 @@ def test_a_json_file_that_is_a_device_or_huge_is_refused_before_it_is_read(tmp_p
     (folder / name).symlink_to(target)
     with pytest.raises(DataError, match="is not a regular file" if target == "/dev/zero" else r"over the [\d,]+ "):
         load_corpus(folder)
+
+
+def test_of_two_preprocesses_into_one_folder_the_later_loses_and_says_so(tmp_path, tiny_text):
+    # Both checked that data/book was free before either wrote it; the one that finishes second
+    # must not replace the first one's folder and report success.
+    (tmp_path / "book.txt").write_text(tiny_text)
+    (tmp_path / "other.txt").write_text(tiny_text.upper())
+    out = tmp_path / "data" / "book"
+    started = []
+
+    def meanwhile(*_):
+        if not started:
+            started.append(True)
+            corpus_module.preprocess(tmp_path / "other.txt", out)
+
+    with pytest.raises(DataError, match="was written by another process while this one ran"):
+        corpus_module.preprocess(tmp_path / "book.txt", out, on_progress=meanwhile)
+    assert json.loads((out / "meta.json").read_text())["source"].endswith("other.txt")
+    assert [p.name for p in out.parent.iterdir()] == ["book"]  # no temporary folder left

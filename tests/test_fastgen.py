@@ -107,3 +107,22 @@ def test_weights_changed_between_calls_are_seen():
         model.decoder.bias[VOCAB.id_of("z")] += 100.0
     after = generate(model, VOCAB, "the", params).continuations
     assert before != after and after == ["z" * 50]
+
+
+@pytest.mark.parametrize("batch, threads_in_steps", [(1, 1), (fastgen.ONE_THREAD_BATCH + 1, 2)])
+def test_a_small_batch_generates_in_one_thread_and_gives_the_threads_back(monkeypatch, batch, threads_in_steps):
+    # Dozens of tiny ops a token, each split over threads that wait on each other: on a busy CPU
+    # that made a gpt's generation 12-20 times slower than one thread (scripts/bench_generate.py).
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.manual_seed(0)
+    vocab = Vocab(["<unk>", " ", "a", "b", "c"], [0, 1, 1, 1, 1])
+    model, _ = build_model("gpt", len(vocab), num_layers=1, num_heads=1, embedding_dim=8, context=8)
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate(model, vocab, "ab", GenerateConfig(length=12, num_samples=batch, seed=0))
+        assert set(seen) == {threads_in_steps} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -383,3 +383,17 @@ def test_streaming_setup_decodes_each_token_once_not_once_per_vocabulary_entry(m
     result = gen(model, vocab, "a", length=5, seed=0, on_token=lambda step, p: pieces.append(p[0]))
     assert len(decodes) == 1  # the final text only; the streamed pieces come from one shared table
     assert "".join(pieces) == result.continuations[0]
+
+
+def test_copied_lines_finds_generated_words_that_are_lines_of_the_training_text():
+    from charlm.generate import copied_lines
+
+    dictionary = {"save", "saved", "light", ""}
+    # prefix "\n", then three generated words; the last was cut by the length, so it is no whole line.
+    assert copied_lines("\nsave\nsavx\nlig", 1, False, dictionary) == (2, ["save"])
+    assert copied_lines("\nsave\nsavx\nlight", 1, True, dictionary) == (3, ["save", "light"])  # stopped there
+    # A line wholly in the prefix is not the model's; one it ended (its newline generated) is.
+    assert copied_lines("save\nsaved\n", 4, False, dictionary) == (2, ["save", "saved"])
+    assert copied_lines("save\nsaved\n", 5, False, dictionary) == (1, ["saved"])
+    # The longest shared substring says 5 characters for a word that is no entry at all.
+    assert novelty("saved", "save\nx") == (4, "save") and copied_lines("\nsavex\n", 1, False, {"save"}) == (1, [])

@@ -11,6 +11,7 @@ import yaml
 from charlm.config import build_config
 from charlm.data.corpus import preprocess
 from charlm.data.prepare import prepare_for_training
+from charlm.errors import DataError
 from charlm.train import train
 
 
@@ -124,3 +125,12 @@ def test_the_same_text_moved_elsewhere_keeps_its_folder(ws):
     notes = []
     assert prepare_for_training(data_cfg("moved/book.txt"), on_note=notes.append).folder == first.folder
     assert notes == []
+
+
+def test_train_reads_a_latin1_text_with_data_errors_replace(ws):
+    (ws / "latin.txt").write_bytes("caf\u00e9 au lait, cr\u00e8me br\u00fbl\u00e9e. ".encode("latin-1") * 40)
+    with pytest.raises(DataError, match=r"invalid UTF-8 at byte 3; set data.errors: replace "
+                                        r"\(--set data.errors=replace\)"):
+        prepare_for_training(data_cfg("latin.txt"))
+    corpus = prepare_for_training(build_config({}, ["data.corpus=latin.txt", "data.errors=replace"]).data)
+    assert "\ufffd" in corpus.vocab.tokens and corpus.meta["errors"] == "replace"

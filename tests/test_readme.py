@@ -222,3 +222,20 @@ def test_the_module_map_has_a_line_for_every_module():
     modules = {str(f.relative_to(src)) for f in src.rglob("*.py") if f.name != "__main__.py"}
     mapped = set(re.findall(r"^\| `(charlm/[\w/]+\.py)` \|", README.read_text(encoding="utf-8"), re.M))
     assert modules and mapped == modules, (sorted(modules - mapped), sorted(mapped - modules))
+
+
+def test_the_first_example_trains_on_the_readers_own_file():
+    first = next(block for block in BLOCKS if block.lang in SHELL)
+    commands = [shlex.split(command, comments=True) for command, _ in shell_commands(first.text)]
+    assert commands[0][:2] == ["charlm", "train"] and commands[0][2] == "corpus.txt", commands
+
+
+def test_the_readme_says_how_to_get_charlm_on_the_path():
+    quickstart = README.read_text(encoding="utf-8").split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert "source .venv/bin/activate" in quickstart and ".venv/bin/charlm" in quickstart
+
+
+def test_python_examples_name_shipped_configs_which_work_outside_the_clone():
+    for block in BLOCKS:
+        if block.lang == "python":
+            assert not re.search(r"load_config\(\s*[\"']configs/", block.text), f"README line {block.line}"

@@ -328,3 +328,20 @@ def test_loading_a_checkpoint_does_not_hold_the_event_loop(client, monkeypatch):
     release.set()
     scoring.join(30)
     assert waited_out == [False]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
+def test_the_page_never_tells_its_user_to_pass_a_command_line_flag():
+    import subprocess
+    from pathlib import Path
+
+    import charlm.serve
+
+    script = (Path(charlm.serve.__file__).parent / "static" / "app.js").read_text(encoding="utf-8")
+    code = script.split("function pageMessage", 1)
+    assert len(code) == 2, "app.js has no pageMessage"
+    body = "function pageMessage" + code[1].split("\n}\n", 1)[0] + "\n}\n"
+    message = "the prefix has a character not in the vocabulary: 'é' (use --unknown map to replace them with <unk>)"
+    shown = subprocess.run(["node", "-e", body + f"console.log(pageMessage({json.dumps(message)}))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert "--" not in shown and shown.startswith("the prefix has a character not in the vocabulary: 'é'")

@@ -3,12 +3,15 @@ import math
 import os
 import signal
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from charlm.checkpoint import load_checkpoint, load_model
 from charlm.config import build_config
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharLMError, CheckpointError, ConfigError
 from charlm.models import model_options
 from charlm.train import Trainer, TrainingDiverged, lr_factor, train
@@ -289,3 +292,33 @@ def test_tensorboard_off_writes_no_event_files(workdir):
 
     train(load_config("tiny", ["data.corpus=corpus.txt", "train.out=runs/plain"]), handle_signals=False)
     assert not (workdir / "runs/plain/tensorboard").exists()
+
+
+def test_init_from_fine_tunes_on_a_text_of_another_vocabulary(workdir):
+    # A model trained on letters-only text, fine-tuned on the same story as written: capitals,
+    # punctuation and digits it never saw become <unk>, counted and reported; its ids stay its own.
+    train(tiny("data.normalize=letters"), run_dir="first", handle_signals=False)
+    (workdir / "other.txt").write_text("The Time Traveller, 1895: " + (workdir / "corpus.txt").read_text()[:9000])
+    notes = []
+    result = train(tiny("data.corpus=other.txt", "data.normalize=none", "train.max_steps=2"), run_dir="second",
+                   init_from="first/last.pt", handle_signals=False,
+                   on_event=lambda kind, info: notes.append(info["message"]) if kind == "note" else None)
+    assert result.step == 2
+    first, tuned = load_checkpoint("first/last.pt"), load_checkpoint("second/last.pt")
+    assert tuned["vocab"]["tokens"] == first["vocab"]["tokens"]  # the model's rows keep their meaning
+    remapped = load_corpus(tuned["data_dir"])
+    own = load_corpus("data/other")
+    lacking = [t for t in own.vocab.tokens[1:] if t not in first["vocab"]["tokens"]]
+    assert "T" in lacking and "," in lacking and "1" in lacking
+    unknown = int(sum((np.asarray(own.train) == own.vocab.id_of(t)).sum() + (np.asarray(own.val) == own.vocab.id_of(t)
+                                                                             ).sum() for t in lacking))
+    assert int((np.asarray(remapped.train) == 0).sum() + (np.asarray(remapped.val) == 0).sum()) == unknown
+    text = own.vocab.decode(np.asarray(own.train[:200]).tolist())
+    assert remapped.vocab.decode(np.asarray(remapped.train[:200]).tolist()) == "".join(
+        c if c in first["vocab"]["tokens"] else "\ufffd" for c in text)  # decode shows <unk> as U+FFFD
+    assert any(f"{unknown:,} of its" in n and "are <unk>" in n for n in notes), notes
+    # Resumed, the run reads the ids it started with; a second fine-tune reuses the folder.
+    assert train(tiny("data.corpus=other.txt", "data.normalize=none", "train.max_steps=3"), run_dir="second",
+                 resume=True, handle_signals=False).step == 3
+    assert sorted(p.name for p in (workdir / "data").iterdir()) == sorted(
+        ["corpus", "other", Path(tuned["data_dir"]).name])

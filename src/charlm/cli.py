@@ -17,14 +17,19 @@ from charlm.errors import CharLMError
 app = typer.Typer(
     name="charlm",
     help="Train, evaluate and sample character-level language models.\n\n"
-         "Example: charlm preprocess timemachine && charlm train --config configs/rnn.yaml "
-         "&& charlm generate --prefix 'time traveller'",
+         "Example: charlm train my_text.txt --config rnn && charlm generate --prefix 'The '",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
+def escape_arg(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"charlm {__version__}")
@@ -70,10 +75,16 @@ def preprocess(
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
-@app.command(epilog="Examples: charlm train --config rnn --set train.max_steps=500\n\n"
+@app.command(epilog="Examples: charlm train my_text.txt --config rnn\n\n"
+                    "charlm train data/my_text --config lstm --set train.max_steps=500\n\n"
+                    "charlm train --config rnn  (the config's own corpus: The Time Machine)\n\n"
                     "charlm train --resume runs/rnn --set train.max_steps=4000")
 @friendly
 def train(
+    text: Optional[str] = typer.Argument(
+        None, metavar="[TEXT]", help="Train on this: a text file, a folder `charlm preprocess` wrote, or a built-in "
+        "dataset (timemachine, tinyshakespeare); default: the config's data.corpus. Your text is kept as is "
+        "(data.normalize none) unless you set data.normalize."),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="YAML config: a file, or a shipped config's name (see `charlm configs`)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a key: --set optim.lr=0.001 (repeatable)."),
@@ -83,7 +94,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only a final summary line."),
     nproc: int = typer.Option(1, "--nproc", help="Processes for data-parallel training (launches torchrun)."),
 ) -> None:
-    """Train a model from a YAML config; writes checkpoints, metrics and curves to the run folder."""
+    """Train a model from a YAML config on TEXT (or the config's corpus); writes checkpoints, metrics and curves
+    to the run folder. The first line says which corpus and data folder the run trains on."""
     from charlm.config import load_config
 
     if resume is not None and init_from is not None:
@@ -92,10 +104,11 @@ def train(
         raise CharLMError(f"--nproc must be at least 1, got {nproc}")
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides, corpus=text)
     if config is None and resume is None:  # the built-in defaults are no model anyone chose
-        raise CharLMError("give a config: --config NAME (a shipped one, `charlm configs` lists them, e.g. rnn) "
-                          "or --config FILE.yaml; --resume RUN reuses the run's own")
+        raise CharLMError(f"give a config: `charlm train {escape_arg(text or 'TEXT')} --config NAME` (a shipped "
+                          "one, `charlm configs` lists them, e.g. rnn) or --config FILE.yaml; --resume RUN reuses "
+                          "the run's own")
     if resume is not None:
         cfg = cfg.replace("train", out=str(resume))
     if nproc > 1:
@@ -177,7 +190,11 @@ def generate(
                    "CPUs, slightly different text)."),
     continuation_only: bool = typer.Option(False, "--continuation-only", help="Print only the new text."),
     check_novelty: bool = typer.Option(False, "--check-novelty",
-                                       help="Report each sample's longest substring found in the training text."),
+                                       help="Report each sample's longest substring found in the training text, "
+                                            "and which whole generated lines are lines of it (on stderr)."),
+    plain: bool = typer.Option(False, "--plain", help="Samples one after another, no '--- sample N' headers or blank "
+                                                      "lines: -n 200 --stop '\\n' --continuation-only --plain "
+                                                      "prints a word list one per line."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
 ) -> None:
     """Continue a prefix, one token at a time with the state carried (streams as it goes)."""
@@ -210,13 +227,22 @@ def generate(
         if streaming:
             out.file.write("\n")
         else:
-            if len(run.result.continuations) > 1:
+            if len(run.result.continuations) > 1 and not plain:
                 out.print(f"[dim]--- sample {i + 1}[/]", highlight=False)
-            out.file.write(("" if continuation_only else run.result.prefix) + text + "\n")
+            body = ("" if continuation_only else run.result.prefix) + text
+            out.file.write(body if plain and body.endswith("\n") else body + "\n")
         if run.novelty:
             length_found, found = run.novelty[i]
+            checked, copied = run.copied_lines[i]
+            lines = (f"; whole lines also in it: {len(copied)} of {checked}"
+                     + (f" ({', '.join(repr(line[:30]) for line in copied[:3])})" if copied else "")) if checked else ""
             err.print(f"[dim]novelty: longest substring also in the training text: {length_found} "
-                      f"characters ({escape(repr(found[:60]))})[/]", highlight=False)
+                      f"characters ({escape(repr(found[:60]))}){escape(lines)}[/]", highlight=False)
+    if run.novelty and len(run.copied_lines) > 1:
+        checked = sum(n for n, _ in run.copied_lines)
+        copied = sum(len(found) for _, found in run.copied_lines)
+        err.print(f"novelty: {copied} of {checked} whole generated lines are lines of the training text",
+                  highlight=False)
     out.file.flush()
 
 
@@ -253,7 +279,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback is reachable by others."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
 ) -> None:
-    """A local web page: generate with streamed text, per-character surprisal, training curves (needs charlm[serve])."""
+    """A local web page: generate with streamed text, per-character surprisal, training curves
+    (needs charlm\\[serve])."""
     from charlm.serve import check_port, find_runs, is_loopback, run_server
 
     found = find_runs(list(runs or []))

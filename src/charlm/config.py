@@ -25,6 +25,7 @@ class DataConfig:
     num_steps: int = field(default=35, metadata=bounded(1))
     val_fraction: float = field(default=0.1, metadata=bounded(0.0, 0.5))
     min_freq: int = field(default=1, metadata=bounded(1))
+    errors: Literal["strict", "replace"] = "strict"  # invalid UTF-8: stop, or read it as U+FFFD
 
 
 @dataclass(frozen=True)
@@ -205,13 +206,33 @@ def build_config(raw: Any, overrides: list[str] | None = None, name: str = "run"
     return RunConfig(**built, name=name)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                corpus: str | Path | None = None) -> RunConfig:
     """Read a YAML config (a path, or a shipped config's bare name) and apply overrides.
 
+    `corpus` (a text file, a built-in dataset or a preprocessed folder) replaces data.corpus, as
+    `--set data.corpus=...` does. A config's data.normalize belongs to its own corpus: trained on
+    another one, the text is kept as is (normalize none) unless data.normalize is set as well, so
+    a shipped config applied to your text scores it as every other run on it does.
     Safe loader only; every problem is a ConfigError.
     """
+    overrides = list(overrides or [])
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if corpus is not None:
+        if "data.corpus" in keys:
+            raise ConfigError(f"the corpus is given twice: {str(corpus)!r} and --set data.corpus; give it once")
+        overrides.append(f"data.corpus={corpus}")
     if path is None:
         return build_config({}, overrides)
+    cfg = _load_file_config(path, overrides)
+    if cfg.data.normalize != "none" and "data.normalize" not in keys:
+        own = _load_file_config(path, []).data
+        if cfg.data.corpus != own.corpus:
+            cfg = cfg.replace("data", normalize="none")
+    return cfg
+
+
+def _load_file_config(path: str | Path, overrides: list[str]) -> RunConfig:
     from charlm.shipped import find_config
 
     path = find_config(path)

@@ -17,7 +17,9 @@ the model's own forward. Nothing is cached on the model: weights changed between
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -32,6 +34,30 @@ PRECISIONS = ("fp32", "bf16", "int8")
 MAX_TABLE_ELEMENTS = 1 << 24
 
 Step = Callable[[torch.Tensor], torch.Tensor]  # ids (B,) -> logits (B, V) for the next token
+# Up to this many samples, generation on a CPU runs in one thread (see step_threads).
+ONE_THREAD_BATCH = 16
+
+
+@contextmanager
+def step_threads(batch_size: int, device: torch.device | str) -> Iterator[None]:
+    """One torch thread for a small batch on a CPU, torch's count back afterwards.
+
+    A decode step at batch 1 is dozens of tiny ops (a gpt's is ~25 matrix-vector products, a
+    layer norm and attention per layer); each one split over threads ends in a barrier, and when
+    the cores are busy with anything else a thread that waits for a descheduled one waits a whole
+    time slice. scripts/bench_generate.py measures it: on a busy 2-core machine, 2 threads made
+    the shipped gpts and an lstm 12 to 20 times slower than one. The products are memory-bound at this
+    size, so one thread loses little on an idle machine. A user's OMP_NUM_THREADS is kept.
+    """
+    if torch.device(device).type != "cpu" or batch_size > ONE_THREAD_BATCH or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def plain_stepper(model: nn.Module, state) -> Step:

@@ -211,7 +211,8 @@ def _sample_batch(model, vocab, p: GenerateConfig, B: int, warm_ids, tail: list[
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stop_t = torch.tensor(stop, device=device) if S else None  # (S,)
 
-    with eval_mode(model), torch.inference_mode(), exact_fp32(device):  # the same text as on a CPU
+    # exact_fp32: the same text as on a CPU; step_threads: a small batch's tiny ops in one thread.
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device), fastgen.step_threads(B, device):
         logits, state = warm(model, warm_ids, B, device)
         step_fn = fastgen.stepper(model, state, p.precision) if fast else fastgen.plain_stepper(model, state)
         del state  # the stepper owns it now
@@ -235,6 +236,29 @@ def _sample_batch(model, vocab, p: GenerateConfig, B: int, warm_ids, tail: list[
     ends = torch.where(done, ends, torch.full_like(ends, T0 + step + 1))
     continuations = [vocab.decode(row[T0:end]) for row, end in zip(buf.tolist(), ends.tolist())]
     return continuations, done.tolist()
+
+
+def copied_lines(text: str, generated_from: int, complete: bool, training_lines: set[str]) -> tuple[int, list[str]]:
+    """The whole lines of `text` that hold generated characters (from index `generated_from` on)
+    and are lines of the training text too: (how many lines were checked, those found).
+
+    A line counts when a newline ends it, or when `complete` (the sample stopped there); the line
+    still being written when the length ran out is no whole line. For a word list (one word a
+    line) this answers whether a generated word is a dictionary entry, which the longest shared
+    substring cannot.
+    """
+    checked, found, start = 0, [], 0
+    pieces = text.split("\n")
+    for n, line in enumerate(pieces):
+        end = start + len(line)
+        last = n == len(pieces) - 1
+        whole = not last or (complete and line != "")
+        if whole and line and (end > generated_from or (not last and end + 1 > generated_from)):
+            checked += 1
+            if line in training_lines:
+                found.append(line)
+        start = end + 1
+    return checked, found
 
 
 def novelty(sample: str, training_text: str) -> tuple[int, str]:

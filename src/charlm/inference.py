@@ -16,7 +16,7 @@ from charlm.distributed import resolve_device
 from charlm.errors import CheckpointError, DataError
 from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.config import GenerateConfig
-from charlm.generate import GenerationResult, check_params, generate, model_device, novelty
+from charlm.generate import GenerationResult, check_params, copied_lines, generate, model_device, novelty
 
 
 def _load(checkpoint, device: str) -> LoadedModel:
@@ -98,6 +98,8 @@ class GenerationRun:
     result: GenerationResult
     warnings: list[str] = field(default_factory=list)
     novelty: list[tuple[int, str]] = field(default_factory=list)
+    # Per sample: (whole generated lines checked, those that are lines of the training text).
+    copied_lines: list[tuple[int, list[str]]] = field(default_factory=list)
 
 
 def generation_params(loaded: LoadedModel, **overrides) -> GenerateConfig:
@@ -130,6 +132,9 @@ def generate_from_checkpoint(checkpoint=None, *, device: str = "cpu", check_nove
     if check_novelty:
         train_text = loaded.vocab.decode(np.asarray(training_ids(loaded, "train")).tolist())
         run.novelty = [novelty(text, train_text) for text in result.continuations]
+        lines = set(train_text.split("\n"))
+        run.copied_lines = [copied_lines(result.prefix + text, len(result.prefix), stopped, lines)
+                            for text, stopped in zip(result.continuations, result.stopped)]
     return run
 
 

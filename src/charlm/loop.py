@@ -270,7 +270,9 @@ class Trainer:
     def start_info(self) -> dict[str, Any]:
         info = {"run_dir": str(self.folder), "total_steps": self.total, "device": str(self.device),
                 "parameters": sum(p.numel() for p in self.model.parameters()), "model": self.cfg.model.name,
-                "vocab_size": len(self.corpus.vocab), "step": self.step, "world_size": self.dist.world_size}
+                "vocab_size": len(self.corpus.vocab), "step": self.step, "world_size": self.dist.world_size,
+                "corpus": self.cfg.data.corpus, "data_dir": str(self.corpus.folder),
+                "normalize": self.corpus.meta.get("normalize", self.cfg.data.normalize)}
         if self.trainable:
             info.update(val_sample_tokens=self.val_sample_tokens, val_tokens=len(self.corpus.val),
                         batches_per_epoch=self.sampler.batches_per_epoch(), precision=self.precision.name,

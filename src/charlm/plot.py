@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 
 from charlm.errors import CharLMError
@@ -57,6 +59,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def validation_label(rows: list[dict]) -> str:
+    """A validation figure scored on a sample of the split is never shown bare: ≈ marks it, as in the CLI."""
+    sampled = [r["val_sample_tokens"] for r in rows if r.get("val_perplexity") is not None
+               and isinstance(r.get("val_sample_tokens"), int) and r["val_sample_tokens"] > 0]
+    return f"validation ≈ (first {max(sampled):,} tokens)" if sampled else "validation"
+
+
 def plot_run(run_dir: str | Path | None = None, out: str | Path | None = None) -> Path:
     """Draw train and validation perplexity against step into curves.png (default: the latest run's)."""
     run_dir = latest_run() if run_dir is None else run_dir
@@ -75,7 +84,7 @@ def plot_run(run_dir: str | Path | None = None, out: str | Path | None = None) -
     if train:
         ax.plot(*zip(*train), label="train", lw=1.2)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
+        ax.plot(*zip(*val), "o-", label=validation_label(rows), lw=1.5, ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
@@ -83,7 +92,7 @@ def plot_run(run_dir: str | Path | None = None, out: str | Path | None = None) -
     ax.set_title(Path(run_dir).name)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}.png")
     try:
         fig.savefig(tmp)
         tmp.replace(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -24,6 +25,15 @@ def shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "—" if value is None else format(value, spec)
+
+
+def corpus_phrase(info: dict[str, Any]) -> str:
+    """Which text a run trains on, the folder it reads, and how the text was normalized."""
+    corpus, folder = str(info.get("corpus", "?")), str(info.get("data_dir", "?"))
+    how = {"none": "text as is", "lower": "lowercased",
+           "letters": "letters a-z only"}.get(info.get("normalize"), str(info.get("normalize")))
+    same = Path(corpus).resolve() == Path(folder).resolve()
+    return escape(f"{corpus} ({'' if same else folder + ', '}{how}, vocabulary {info.get('vocab_size')})")
 
 
 class TrainingDisplay:
@@ -53,8 +63,8 @@ class TrainingDisplay:
             return
         world = f" × {info['world_size']} processes" if info.get("world_size", 1) > 1 else ""
         precision = f" in {info['precision']} ({escape(info['precision_reason'])})" if info.get("precision") else ""
-        self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters, vocabulary "
-                           f"{info['vocab_size']}) on {info['device']}{world}{precision} → "
+        self.console.print(f"training [bold]{info['model']}[/] ({info['parameters']:,} parameters) on "
+                           f"{corpus_phrase(info)} on {info['device']}{world}{precision} → "
                            f"{escape(str(info['run_dir']))}", highlight=False)
         if info.get("val_sample_tokens"):
             self.console.print(f"evaluations during training score the first {info['val_sample_tokens']:,} of "

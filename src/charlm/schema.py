@@ -44,19 +44,18 @@ def type_name(tp: Any) -> str:
 
 
 def coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
-    """Check `value` against the field type `tp`; strings from --set are parsed as YAML first,
-    except for text fields, which take the text as typed (YAML would make "yes" True, " the" "the")."""
+    """Check `value` against the field type `tp`; strings from --set are read as YAML first, as the
+    same value in a file is (`"\\n"` is a newline, quotes are dropped). A text field keeps the text as
+    typed where YAML reads no string (`yes`, `1.0`): a file would need quotes, the shell took them."""
     optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
     base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    parsed = _read_yaml(key, value) if from_text and isinstance(value, str) else value
     if from_text and isinstance(value, str) and (base is str or typing.get_origin(base) is Literal):
         if optional and value.strip() in ("null", "~", "Null", "NULL"):
             return None
+        value = parsed if isinstance(parsed, str) else value
         return coerce(key, value.strip() if base is not str else value, base, meta, False)
-    if from_text and isinstance(value, str):
-        try:
-            value = safe_yaml.loads(value, f"--set {key}") if value.strip() else value
-        except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
-            pass  # not YAML (e.g. "2024-13-45", a date with no 13th month): keep the text as is
+    value = parsed
     hints = typing.get_args(tp)
     if optional:
         if value is None:
@@ -98,6 +97,14 @@ def coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
             span = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
             raise ConfigError(f"{key}: {value!r} is out of range {span}")
     return value
+
+
+def _read_yaml(key: str, text: str) -> Any:
+    """`text` as a YAML value, as if written after `key:` in a file; the text itself where it is not YAML."""
+    try:
+        return safe_yaml.loads(text, f"--set {key}") if text.strip() else text
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
+        return text  # not YAML (e.g. "2024-13-45", a date with no 13th month): keep the text as is
 
 
 def field_names(cls: type) -> list[str]:

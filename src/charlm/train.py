@@ -17,6 +17,8 @@ from charlm import distributed, runtime
 from charlm.checkpoint import check_same_vocab, load_checkpoint, load_weights
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.prepare import folder_settings, prepare_for_training
+from charlm.data.remap import in_vocabulary
+from charlm.data.vocab import Vocab
 from charlm.distributed import Dist
 from charlm.errors import ConfigError
 from charlm.loop import Event, Trainer, TrainingDiverged, TrainResult
@@ -79,10 +81,18 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
         lambda: prepare_for_training(cfg.data, on_note=lambda message: emit("note", {"message": message}),
                                      resume_from=saved.data_dir or None if saved is not None else None))
     cfg = cfg.replace("data", **folder_settings(cfg.data, corpus))  # config.yaml says what it trained on
+    start = load_checkpoint(init_from) if init_from is not None else None
+    if start is not None and start["model_name"] != cfg.model.name:  # before any data folder is written for it
+        raise ConfigError(f"--init-from {start['path']}: its model is {start['model_name']}, the config's "
+                          f"{cfg.model.name}")
+    if start is not None:  # another text: its ids in the model's vocabulary (charlm.data.remap)
+        corpus = dist.main_first(lambda: in_vocabulary(
+            corpus, Vocab.from_dict(start["vocab"]), on_note=lambda message: emit("note", {"message": message})
+        ).corpus)
     torch.manual_seed(t.seed)  # the weights' initial values
     model, model_args = _build(cfg, len(corpus.vocab))
-    if init_from is not None:
-        _load_init(model, model_args, init_from, cfg, corpus)
+    if start is not None:
+        _load_init(model, model_args, start, cfg, corpus)
     model.to(device)
     runtime.seed_rank(t.seed, dist.rank, dist.world_size)
     trainer = Trainer(cfg, model, corpus, run, device, dist, emit, model_args)  # checks batches against the model
@@ -121,11 +131,10 @@ def _build(cfg: RunConfig, vocab_size: int):
         raise ConfigError(f"model {cfg.model.name} with {sizes} does not fit in memory ({first})") from None
 
 
-def _load_init(model: torch.nn.Module, model_args: dict[str, Any], init_from: str | Path, cfg: RunConfig,
+def _load_init(model: torch.nn.Module, model_args: dict[str, Any], start: dict[str, Any], cfg: RunConfig,
                corpus) -> None:
-    start = load_checkpoint(init_from)
     if start["model_args"] != model_args or start["model_name"] != cfg.model.name:
-        raise ConfigError(f"--init-from {init_from}: its model ({start['model_name']}, {start['model_args']}) "
+        raise ConfigError(f"--init-from {start['path']}: its model ({start['model_name']}, {start['model_args']}) "
                           f"differs from the config's ({cfg.model.name}, {model_args})")
     check_same_vocab(start["vocab"], start.get("vocab_sha256"), start["path"], corpus.vocab, corpus.folder,
                      "--init-from")

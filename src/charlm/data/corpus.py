@@ -66,7 +66,7 @@ def preprocess(source: str | os.PathLike, out: str | os.PathLike | None = None, 
         meta = _full_meta(meta, vocab, stats["train_tokens"], stats["val_tokens"])
         if tmp is None:
             return PreparedCorpus(vocab, meta, stats)
-        _finish(tmp, out, vocab, meta, stats)
+        _finish(tmp, out, vocab, meta, stats, force)
     except OSError as exc:
         discard(tmp, created)
         raise DataError(f"cannot write {out}: {exc.strerror or exc}; choose another output folder") from None
@@ -100,7 +100,7 @@ def write_corpus(out: str | os.PathLike, vocab: Vocab, train: Iterable[np.ndarra
                            "min_freq": int(min_freq), "train_unknown": 0, "val_unknown": 0}, vocab, *sizes)
         stats = {"tokens": sum(sizes), "train_tokens": sizes[0], "val_tokens": sizes[1], "vocab_size": len(vocab),
                  **(stats or {})}
-        _finish(tmp, out, vocab, meta, stats)
+        _finish(tmp, out, vocab, meta, stats, force)
     except OSError as exc:
         discard(tmp, created)
         raise DataError(f"cannot write {out}: {exc.strerror or exc}; choose another output folder") from None
@@ -115,11 +115,11 @@ def _full_meta(meta: dict, vocab: Vocab, train_tokens: int, val_tokens: int) -> 
             "train_tokens": train_tokens, "val_tokens": val_tokens}
 
 
-def _finish(tmp: Path, out: Path, vocab: Vocab, meta: dict, stats: dict) -> None:
+def _finish(tmp: Path, out: Path, vocab: Vocab, meta: dict, stats: dict, force: bool) -> None:
     vocab.save(tmp / "vocab.json")
     for file, data in (("meta.json", meta), ("stats.json", stats)):
         (tmp / file).write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    commit(tmp, out)
+    commit(tmp, out, force)
 
 
 def load_corpus(folder: str | os.PathLike) -> PreparedCorpus:

@@ -52,8 +52,21 @@ def make_temp_dir(out: Path, force: bool) -> tuple[Path, list[Path]]:
         raise DataError(f"cannot write to {out.parent}: {reason or exc}; choose another output folder") from None
 
 
-def commit(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; an old one is renamed away first, then deleted."""
+def commit(tmp: Path, out: Path, force: bool = True) -> None:
+    """Swap the finished folder into place; an old one is renamed away first, then deleted.
+
+    Without `force`, a folder another process put at `out` since `make_temp_dir` checked wins:
+    rename(2) refuses to replace a folder that holds files, so exactly one writer succeeds.
+    """
+    if not force:
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not out.exists():
+                raise
+            raise DataError(f"{out} was written by another process while this one ran; it is kept as that "
+                            "process wrote it (pass --force to replace it)") from None
+        return
     old = None
     if out.exists():
         old = temp_name(out, "old")

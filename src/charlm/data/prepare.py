@@ -18,7 +18,7 @@ from charlm.data.corpus import PreparedCorpus, folder_name, is_prepared, load_co
 from charlm.data.encode import letters_warning
 from charlm.data.folders import remove_stale_temps
 from charlm.data.jsonfile import read_json
-from charlm.data.text import BUILTIN_DATASETS, resolve_corpus, sha256_file
+from charlm.data.text import BUILTIN_DATASETS, ERRORS_HINT, resolve_corpus, sha256_file
 from charlm.errors import DataError
 
 SETTINGS = ("level", "normalize", "val_fraction", "min_freq")
@@ -119,8 +119,11 @@ def _meta(folder: Path) -> dict | None:
 
 
 def _preprocess(data_cfg, folder: Path, note: Callable[[str], None]) -> PreparedCorpus:
-    corpus = preprocess(data_cfg.corpus, folder, level=data_cfg.level, normalize=data_cfg.normalize,
-                        val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq)
+    try:
+        corpus = preprocess(data_cfg.corpus, folder, level=data_cfg.level, normalize=data_cfg.normalize,
+                            val_fraction=data_cfg.val_fraction, min_freq=data_cfg.min_freq, errors=data_cfg.errors)
+    except DataError as exc:
+        raise DataError(str(exc).replace(ERRORS_HINT, "set data.errors: replace (--set data.errors=replace)")) from None
     if warning := letters_warning(corpus.stats):
         note(warning.replace("--normalize", "data.normalize:"))
     return corpus

@@ -41,6 +41,9 @@ class BuiltinDataset:
     source: str
 
 
+ERRORS_HINT = "pass --errors replace"  # what `charlm preprocess` takes; train says its own
+
+
 def _load_builtins() -> types.MappingProxyType:
     entries = json.loads(_CORPORA.joinpath("sources.json").read_text(encoding="utf-8"))
     return types.MappingProxyType({name: BuiltinDataset(name, e["file"], e["sha256"], e["source"])
@@ -179,8 +182,8 @@ def iter_text_chunks(path: str | os.PathLike, errors: str = "strict",
             try:
                 text = decoder.decode(raw, final)
             except UnicodeDecodeError as exc:
-                raise DataError(f"{path}: invalid UTF-8 at byte {offset - buffered + exc.start}; pass "
-                                "--errors replace to read it with U+FFFD in place of bad bytes") from None
+                raise DataError(f"{path}: invalid UTF-8 at byte {offset - buffered + exc.start}; {ERRORS_HINT} "
+                                "to read it with U+FFFD in place of bad bytes") from None
             offset += len(raw)
             if at_start and text:
                 at_start = False

@@ -4,8 +4,14 @@ const $ = (id) => document.getElementById(id);
 let runs = [];
 let controller = null;
 
+// The library's messages name command-line flags; this page has none, so it says what to do here.
+function pageMessage(message) {
+  return message.replace(/ ?\(use --unknown map to replace them with <unk>\)/,
+                         " (remove them from the prefix: this page does not map them to <unk>)");
+}
+
 function showError(message) {
-  $("error").textContent = message ? "error: " + message : "";
+  $("error").textContent = message ? "error: " + pageMessage(message) : "";
   $("error").hidden = !message;
 }
 
