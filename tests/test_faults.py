@@ -129,18 +129,18 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(wo
 
 
 def test_disk_full_on_any_other_file_is_one_line_too(workdir, monkeypatch):
-    real_open = Path.open
+    real_open = os.open
 
-    def full_disk(self, mode="r", *args, **kwargs):
-        if self.name == "metrics.jsonl" and "a" in mode:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real_open(self, mode, *args, **kwargs)
+    def full_disk(path, flags, *args, **kwargs):
+        if Path(path).name == "metrics.jsonl" and flags & os.O_APPEND:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", full_disk)
+    monkeypatch.setattr(os, "open", full_disk)
     result = invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
                     "--set", "train.log_every=2")
     assert result.exit_code == 2
-    assert one_error_line(result) == "error: runs/k/metrics.jsonl: No space left on device"
+    assert one_error_line(result) == "error: cannot write runs/k/metrics.jsonl: No space left on device"
     assert load_checkpoint(workdir / "runs" / "k" / "last.pt")["step"] == 2  # saved just before the log line
 
 

@@ -198,7 +198,8 @@ def test_an_interrupted_run_leaves_the_whole_split_to_the_run_that_finishes(work
     from charlm.inference import evaluate_checkpoint
 
     stop = threading.Event()
-    result = train(tiny(), run_dir="cut", stop=stop, on_event=lambda kind, info: kind == "log" and stop.set())
+    result = train(tiny(), run_dir="cut", stop=stop,  # after step 6's evaluation
+                   on_event=lambda kind, info: kind == "log" and info["step"] == 6 and stop.set())
     summary = json.loads((workdir / "cut" / "summary.json").read_text())
     assert result.status == "interrupted" and result.sampled_best_val_perplexity is not None
     assert result.best_val_perplexity is None and summary["best_val_perplexity"] is None  # no whole-split pass

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from charlm.checkpoint import TrainState, load_checkpoint, record_latest_run, save_checkpoint
 from charlm.errors import CharLMError
+from charlm.safe_write import append_line, check_destination, open_no_follow, write_atomic
 
 LOCK = ".charlm.lock"  # flock'ed by the one process writing the folder; holds its pid
 MANIFEST = ".charlm-files"  # every name charlm wrote here, one a line: all that --force deletes
@@ -33,6 +34,12 @@ class RunDir:
         self._lock = None  # the open lock file
         self._doomed: list[Path] = []  # a previous run's files, checked, deleted by create()
         self._names: set[str] | None = None  # the manifest, as read or written by this process
+        # A resume writes nothing until its first checkpoint is saved: its config, vocabulary and
+        # metrics rows wait here, so a resume that fails (a full disk) leaves the run as it was.
+        self._pending: tuple[str, Any, int] | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._saved_size: int | None = None  # metrics.jsonl's size at the last checkpoint saved
+        self._row_of_save = False
 
     def __str__(self) -> str:
         return str(self.path)
@@ -51,6 +58,9 @@ class RunDir:
 
     def check(self, resume: bool, force: bool) -> None:
         """Refuse a run folder we must not use, before anything is written (reads only)."""
+        if self.path.is_dir():  # a planted link is refused, never written through
+            for name in (LOCK, MANIFEST, *(LEGACY_FILES if resume else ())):
+                check_destination(self.path / name)
         if resume:
             if not self.last.is_file():
                 raise CharLMError(f"cannot resume: {self.last} does not exist")
@@ -77,10 +87,7 @@ class RunDir:
         """Take the folder's lock, or say which process holds it."""
         if not self.writer or self._lock is not None:
             return
-        try:
-            f = open(self.path / LOCK, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise CharLMError(f"cannot write the run folder {self.path}: {exc.strerror or exc}") from None
+        f = open_no_follow(self.path / LOCK, os.O_RDWR | os.O_CREAT, "r+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -133,6 +140,30 @@ class RunDir:
             raise CharLMError(f"--force: cannot delete files in {self.path} (permission denied); nothing was deleted")
         return doomed + [self.path / MANIFEST]
 
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.writer:
+            self._record("summary.json")
+            write_atomic(self.path / "summary.json", json.dumps(summary, indent=1))
+
+    def has_final_summary(self) -> bool:
+        """Whether summary.json is a finished run's, with best.pt's whole-split score (not one still pending)."""
+        try:
+            summary = json.loads(_read(self.path / "summary.json") or "")
+        except ValueError:
+            return False
+        return isinstance(summary, dict) and summary.get("status") == "finished" and not summary.get("pending")
+
+    def last_logged(self, key: str) -> Any:
+        """The last value of `key` in metrics.jsonl, or None."""
+        for line in reversed((_read(self.metrics) or "").splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get(key) is not None:
+                return row[key]
+        return None
+
     def load_last(self) -> TrainState:
         return TrainState.from_payload(load_checkpoint(self.last))
 
@@ -148,6 +179,10 @@ class RunDir:
                                   "or overwrite it with --force")
             for path in self._doomed:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            for name in (*LEGACY_FILES, MANIFEST):  # temp files of a writer killed mid-rewrite (we hold the lock)
+                for stale in self.path.glob(f".{name}.*.tmp"):
+                    if stale.is_file() and not stale.is_symlink():
+                        stale.unlink()
             if resume and not (self.path / MANIFEST).exists():  # a run from before the manifest: adopt its files
                 for name in LEGACY_FILES:
                     if (self.path / name).is_file():
@@ -160,29 +195,54 @@ class RunDir:
         if self._names is None:
             self._names = set(self._recorded())
         if name not in self._names:
-            with (self.path / MANIFEST).open("a", encoding="utf-8") as f:
-                f.write(name + "\n")
+            append_line(self.path / MANIFEST, name)
             self._names.add(name)
 
-    def write_config(self, config_yaml: str, vocab) -> None:
-        if self.writer:
-            self._record("config.yaml")
-            (self.path / "config.yaml").write_text(config_yaml, encoding="utf-8")
-            self._record("vocab.json")
-            vocab.save(self.path / "vocab.json")
-
-    def restart_metrics(self, step: int) -> None:
-        """Drop rows logged after `step` (the checkpoint we resume from), so no step appears twice."""
-        if not self.writer or not self.metrics.is_file():
+    def start(self, config_yaml: str, vocab, resume_step: int | None) -> None:
+        """A new run writes config.yaml and vocab.json now; a resume (from `resume_step`) at its first save."""
+        if not self.writer:
             return
-        rows = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        if resume_step is None:
+            self._write_config(config_yaml, vocab)
+        else:
+            self._pending, self._rows = (config_yaml, vocab, resume_step), []
+
+    def _write_config(self, config_yaml: str, vocab) -> None:
+        for name, text in (("config.yaml", config_yaml),
+                           ("vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False))):
+            self._record(name)
+            if _read(self.path / name) != text:  # a resume that changed nothing rewrites nothing
+                write_atomic(self.path / name, text)
+
+    def _commit(self) -> None:
+        """A resume's first save: its config, then metrics.jsonl without the rows it redoes, plus its own."""
+        if self._pending is not None:
+            config_yaml, vocab, step = self._pending
+            self._write_config(config_yaml, vocab)
+            self._record("metrics.jsonl")
+            old = (_read(self.metrics) or "").splitlines()
+            kept = [line for line in old if _step(line) is not None and _step(line) <= step]
+            new = [json.dumps(row) for row in self._rows]
+            if kept != old:  # rows after the checkpoint (or a torn last line): drop them in one rename
+                write_atomic(self.metrics, "".join(line + "\n" for line in kept + new))
+            for line in new if kept == old else ():
+                append_line(self.metrics, line)
+            self._pending, self._rows = None, []
+        try:
+            self._saved_size = self.metrics.stat().st_size
+        except OSError:
+            self._saved_size = 0
+        self._row_of_save = True
+
+    def abandon(self) -> None:
+        """After a failure: drop the metrics rows logged since the last checkpoint (a resume's never reached disk)."""
+        self._pending, self._rows = None, []
+        if self.writer and self._saved_size is not None:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    rows.append(line)
-            except (ValueError, AttributeError):
-                pass  # a row cut short by a kill: it belongs to the steps we are about to redo
-        self.metrics.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+                if self.metrics.stat().st_size > self._saved_size:
+                    os.truncate(self.metrics, self._saved_size)  # needs no free space, unlike a rewrite
+            except OSError:
+                pass
 
     def open_log(self, tensorboard: bool) -> None:
         if self.writer and tensorboard:
@@ -195,9 +255,14 @@ class RunDir:
         """One row of metrics.jsonl (and its TensorBoard mirror)."""
         if not self.writer:
             return
-        self._record("metrics.jsonl")
-        with self.metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        if self._pending is not None:
+            self._rows.append(row)
+        else:
+            self._record("metrics.jsonl")
+            append_line(self.metrics, json.dumps(row))
+            if self._row_of_save:  # the row logged right after a checkpoint belongs to it
+                self._row_of_save = False
+                self._saved_size = self.metrics.stat().st_size
         if self.board is not None:
             self.board.write(row)
 
@@ -216,13 +281,14 @@ class RunDir:
         if best:
             self._record("best.pt")
             save_checkpoint(self.best, payload)
+        self._commit()
 
     def finish(self, summary: dict[str, Any], curves: bool, note: Callable[[str], None]) -> None:
         """summary.json, runs/LATEST and curves.png: what a run writes when it ends, stopped or finished."""
         if not self.writer:
             return
-        self._record("summary.json")
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        self._commit()
+        self.write_summary(summary)
         record_latest_run(self.path)
         if curves:
             self._record("curves.png")
@@ -232,6 +298,22 @@ class RunDir:
                 plot_run(self.path)
             else:
                 note(f"{MATPLOTLIB_HINT}; skipped curves.png")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _step(line: str) -> int | None:
+    """A metrics row's step; None for a line a kill cut short (it belongs to the steps a resume redoes)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _is_zip(path: Path) -> bool:
