@@ -40,6 +40,7 @@ class RunDir:
         self._rows: list[dict[str, Any]] = []
         self._saved_size: int | None = None  # metrics.jsonl's size at the last checkpoint saved
         self._row_of_save = False
+        self._undo: tuple[list[str | None], int] | None = None  # what abandon() restores until a save
 
     def __str__(self) -> str:
         return str(self.path)
@@ -215,19 +216,29 @@ class RunDir:
                 write_atomic(self.path / name, text)
 
     def _commit(self) -> None:
-        """A resume's first save: its config, then metrics.jsonl without the rows it redoes, plus its own."""
-        if self._pending is not None:
-            config_yaml, vocab, step = self._pending
-            self._write_config(config_yaml, vocab)
-            self._record("metrics.jsonl")
-            old = (_read(self.metrics) or "").splitlines()
-            kept = [line for line in old if _step(line) is not None and _step(line) <= step]
-            new = [json.dumps(row) for row in self._rows]
-            if kept != old:  # rows after the checkpoint (or a torn last line): drop them in one rename
-                write_atomic(self.metrics, "".join(line + "\n" for line in kept + new))
-            for line in new if kept == old else ():
+        """Before a resume's first checkpoint: metrics.jsonl without the rows it redoes, plus its own, then
+        its config. A kill from here on leaves rows the next resume drops; a failure (abandon) undoes them."""
+        if self._pending is None:
+            return
+        config_yaml, vocab, step = self._pending
+        self._record("metrics.jsonl")
+        text = _read(self.metrics) or ""
+        old = text.splitlines()
+        kept = [line for line in old if _step(line) is not None and _step(line) <= step]
+        new = [json.dumps(row) for row in self._rows]
+        undo = ([_read(self.path / n) for n in ("config.yaml", "vocab.json")],
+                sum(len(line.encode("utf-8")) + 1 for line in kept))
+        if kept != old or not text.endswith("\n") and text:  # rows after the checkpoint or a torn line
+            write_atomic(self.metrics, "".join(line + "\n" for line in kept + new))
+        else:
+            for line in new:
                 append_line(self.metrics, line)
-            self._pending, self._rows = None, []
+        self._pending, self._rows, self._undo = None, [], undo
+        self._write_config(config_yaml, vocab)
+
+    def _saved(self) -> None:
+        """A checkpoint is on disk: the rows logged so far, and the next one, belong to it."""
+        self._undo = None
         try:
             self._saved_size = self.metrics.stat().st_size
         except OSError:
@@ -235,12 +246,23 @@ class RunDir:
         self._row_of_save = True
 
     def abandon(self) -> None:
-        """After a failure: drop the metrics rows logged since the last checkpoint (a resume's never reached disk)."""
+        """After a failure: drop the metrics rows logged since the last checkpoint (a resume's, all it wrote)."""
         self._pending, self._rows = None, []
-        if self.writer and self._saved_size is not None:
+        if not self.writer:
+            return
+        size = self._saved_size
+        if self._undo is not None:
+            texts, size = self._undo
+            for name, text in zip(("config.yaml", "vocab.json"), texts):
+                if text is not None and _read(self.path / name) != text:
+                    try:
+                        write_atomic(self.path / name, text)
+                    except CharLMError:
+                        pass  # the disk is still full: the resumable keys of the new config.yaml remain
+        if size is not None:
             try:
-                if self.metrics.stat().st_size > self._saved_size:
-                    os.truncate(self.metrics, self._saved_size)  # needs no free space, unlike a rewrite
+                if self.metrics.stat().st_size > size:
+                    os.truncate(self.metrics, size)  # needs no free space, unlike a rewrite
             except OSError:
                 pass
 
@@ -276,12 +298,13 @@ class RunDir:
         if not self.writer:
             return
         payload = state.to_payload()
+        self._commit()
         self._record("last.pt")
         save_checkpoint(self.last, payload)
+        self._saved()
         if best:
             self._record("best.pt")
             save_checkpoint(self.best, payload)
-        self._commit()
 
     def finish(self, summary: dict[str, Any], curves: bool, note: Callable[[str], None]) -> None:
         """summary.json, runs/LATEST and curves.png: what a run writes when it ends, stopped or finished."""
