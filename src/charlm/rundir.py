@@ -11,13 +11,8 @@ from typing import Any, Callable
 
 from charlm.checkpoint import TrainState, load_checkpoint, record_latest_run, save_checkpoint
 from charlm.errors import CharLMError
+from charlm.run_manifest import LEGACY_FILES, LOCK, MANIFEST, previous_run_files, recorded
 from charlm.safe_write import append_line, check_destination, open_no_follow, write_atomic
-
-LOCK = ".charlm.lock"  # flock'ed by the one process writing the folder; holds its pid
-MANIFEST = ".charlm-files"  # every name charlm wrote here, one a line: all that --force deletes
-# Runs written before the manifest existed: --force replaces these names in them.
-LEGACY_FILES = ("config.yaml", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json")
-FOLDERS = ("tensorboard",)  # names in the manifest that are folders
 
 
 class RunDir:
@@ -72,14 +67,14 @@ class RunDir:
             if not force:
                 raise CharLMError(f"run folder {self.path} already exists; continue it with --resume {self.path} "
                                   "or overwrite it with --force")
-            self._doomed = self._previous_run_files()
+            self._doomed = previous_run_files(self.path)
 
     def claim(self) -> None:
         """Lock an existing folder; what --force deletes is decided again under the lock."""
         if self.path.is_dir():
             self.lock()
             if self._doomed:
-                self._doomed = self._previous_run_files()
+                self._doomed = previous_run_files(self.path)
 
     def _in_use(self) -> bool:
         return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
@@ -107,39 +102,6 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def _recorded(self) -> list[str]:
-        try:
-            return (self.path / MANIFEST).read_text(encoding="utf-8").split()
-        except FileNotFoundError:
-            return []
-
-    def _previous_run_files(self) -> list[Path]:
-        """What --force will delete: the files a charlm run recorded, each checked to be what it wrote."""
-        names = self._recorded()
-        if not names:
-            if not (self.path / "config.yaml").is_file() or not _is_zip(self.last):
-                raise CharLMError(f"--force: {self.path} is not a charlm run folder (no {MANIFEST}); it holds files "
-                                  "charlm did not write, so nothing was deleted: choose another train.out")
-            names = [n for n in LEGACY_FILES if (self.path / n).exists()]
-        doomed = []
-        for name in dict.fromkeys(names):
-            path = self.path / name
-            if Path(name).name != name or name in (".", "..", LOCK):
-                raise CharLMError(f"--force: {self.path / MANIFEST} names {name!r}, not a file of this folder; "
-                                  "nothing was deleted")
-            if not os.path.lexists(path):
-                continue
-            folder = name in FOLDERS
-            if path.is_symlink() or (path.is_dir() if folder else not path.is_file()):
-                kind = "a link" if path.is_symlink() else ("a folder" if path.is_dir() else "not a regular file")
-                raise CharLMError(f"--force: {path} is {kind}, not what charlm wrote there; nothing was deleted "
-                                  "(move it away or choose another train.out)")
-            doomed.append(path)
-            doomed += [p for p in self.path.glob(f".{name}.*") if p.is_file()]  # temp files of a killed writer
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise CharLMError(f"--force: cannot delete files in {self.path} (permission denied); nothing was deleted")
-        return doomed + [self.path / MANIFEST]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.writer:
@@ -194,7 +156,7 @@ class RunDir:
     def _record(self, name: str) -> None:
         """Name a file in the manifest before it is first created."""
         if self._names is None:
-            self._names = set(self._recorded())
+            self._names = set(recorded(self.path))
         if name not in self._names:
             append_line(self.path / MANIFEST, name)
             self._names.add(name)
@@ -337,12 +299,3 @@ def _step(line: str) -> int | None:
     except (ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
-
-
-def _is_zip(path: Path) -> bool:
-    """Whether `path` is a file torch.save could have written (a zip archive)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
