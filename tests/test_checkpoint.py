@@ -90,3 +90,61 @@ def test_a_run_records_its_vocabulary_and_an_older_checkpoint_without_it_still_e
     older = {k: v for k, v in payload.items() if k not in ("vocab_sha256", "path")}
     torch.save(older, tmp_path / "older.pt")
     assert evaluate_checkpoint("older.pt").perplexity == evaluate_checkpoint("v/last.pt").perplexity
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_text):
+    """A finished run (4 steps of 8) to resume, made once."""
+    from cli_helpers import invoke
+
+    root = tmp_path_factory.mktemp("tamper")
+    (root / "corpus.txt").write_text(tiny_text, encoding="utf-8")
+    (root / "t.yaml").write_text("data: {corpus: corpus.txt, batch_size: 4, num_steps: 8}\n"
+                                 "model: {name: rnn, hidden_size: 8, embedding_dim: 4}\n"
+                                 "train: {max_steps: 4, eval_every: 2, log_every: 2}\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert invoke("train", "-c", "t.yaml", "-q").exit_code == 0
+    return root
+
+
+def _word_vocab(vocab):
+    return {**vocab, "level": "word"}
+
+
+TAMPERED = {
+    "rng-size": ("rng", lambda p: torch.zeros(7, dtype=torch.uint8), "its rng is a torch.uint8 tensor of shape (7,)"),
+    "rng-string": ("rng", lambda p: "seed", "its rng is 'seed'"),
+    "rng-ranks": ("rng_ranks", lambda p: [3], "its rng_ranks is not a list of random generators' states"),
+    "step-string": ("step", lambda p: "4", "its step is '4', not a count"),
+    "data-dir-int": ("data_dir", lambda p: 7, "its data_dir is 7"),
+    "best-val-string": ("best_val", lambda p: "low", "its best_val is 'low'"),
+    "batch-huge": ("batch", lambda p: 10**9, "its batch 1000000000 is beyond an epoch of"),
+    "token-int": ("vocab", lambda p: {**p["vocab"], "tokens": [*p["vocab"]["tokens"][:-1], 5]}, "is not a string"),
+    "token-multichar": ("vocab", lambda p: {**p["vocab"], "tokens": [*p["vocab"]["tokens"][:-1], "ab"]},
+                        "a char-level vocabulary holds the token 'ab'"),
+    "level-disagrees": ("vocab", lambda p: _word_vocab(p["vocab"]), "is a word-level vocabulary but its config"),
+}
+
+
+@pytest.mark.parametrize("field, value, phrase", TAMPERED.values(), ids=TAMPERED.keys())
+def test_a_tampered_checkpoint_field_is_one_line_on_resume_and_touches_no_file(trained, tmp_path, monkeypatch,
+                                                                                field, value, phrase):
+    import shutil
+
+    from cli_helpers import invoke, one_error_line
+
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "t"
+    payload = load_checkpoint(run / "last.pt")
+    payload[field] = value(payload)
+    save_checkpoint(run / "last.pt", {k: v for k, v in payload.items() if k not in ("path", "format_version")})
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".charlm.lock"}
+    line = one_error_line(invoke("train", "--resume", "runs/t", "-q", "--set", "train.max_steps=8"))
+    assert phrase in line and "runs/t/last.pt" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".charlm.lock"} == before
+    if field == "vocab":  # the commands that load a model say it in one line too
+        for command in (["generate", "--checkpoint", "runs/t/last.pt", "--prefix", "the", "--length", "5"],
+                        ["score", "--checkpoint", "runs/t/last.pt", "the time"]):
+            assert "vocabulary" in one_error_line(invoke(*command))

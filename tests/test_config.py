@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 import yaml
@@ -227,3 +229,29 @@ def test_a_shipped_config_on_another_corpus_keeps_the_text_as_is():
     assert load_config("ngram", ["data.corpus=timemachine"]).data.normalize == "letters"  # its own corpus
     with pytest.raises(ConfigError, match="given twice"):
         load_config("ngram", ["data.corpus=a.txt"], corpus="b.txt")
+
+
+def test_every_unbounded_float_is_checked_within_float32_naming_the_key():
+    """A float beyond float32 reaches a tensor (Adam's lr, clipping, sampling) and overflows there."""
+    import typing
+
+    from charlm.config import SECTIONS
+
+    keys = [f"{section}.{f.name}" for section, cls in SECTIONS.items() if cls is not None
+            for f in dataclasses.fields(cls) if float in (typing.get_type_hints(cls)[f.name],
+                                                         *typing.get_args(typing.get_type_hints(cls)[f.name]))
+            and (f.metadata.get("hi") is None)]
+    assert {"optim.lr", "optim.min_lr", "optim.weight_decay", "optim.grad_clip", "generate.temperature"} <= set(keys)
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"^{key}: 1e\+39 is beyond float32's range"):
+            build_config({}, [f"{key}=1e39"])
+    assert build_config({}, ["optim.lr=3e38"]).optim.lr == 3e38  # float32's largest is still a float32
+
+
+def test_a_learning_rate_beyond_float32_is_one_line_at_the_command_line(tmp_path, monkeypatch):
+    from cli_helpers import invoke, one_error_line
+
+    monkeypatch.chdir(tmp_path)
+    line = one_error_line(invoke("train", "--config", "tiny", "--set", "optim.lr=1e39"))
+    assert line == "error: optim.lr: 1e+39 is beyond float32's range (±3.403e+38)"
+    assert not (tmp_path / "runs").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from charlm.checkpoint import load_checkpoint
+from charlm.errors import CharLMError
 from cli_helpers import invoke, one_error_line
 
 
@@ -129,18 +131,18 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(wo
 
 
 def test_disk_full_on_any_other_file_is_one_line_too(workdir, monkeypatch):
-    real_open = Path.open
+    real_open = os.open
 
-    def full_disk(self, mode="r", *args, **kwargs):
-        if self.name == "metrics.jsonl" and "a" in mode:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real_open(self, mode, *args, **kwargs)
+    def full_disk(path, flags, *args, **kwargs):
+        if Path(path).name == "metrics.jsonl" and flags & os.O_APPEND:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", full_disk)
+    monkeypatch.setattr(os, "open", full_disk)
     result = invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4", "--set", "train.eval_every=2",
                     "--set", "train.log_every=2")
     assert result.exit_code == 2
-    assert one_error_line(result) == "error: runs/k/metrics.jsonl: No space left on device"
+    assert one_error_line(result) == "error: cannot write runs/k/metrics.jsonl: No space left on device"
     assert load_checkpoint(workdir / "runs" / "k" / "last.pt")["step"] == 2  # saved just before the log line
 
 
@@ -221,3 +223,73 @@ def test_torch_writer_error_while_saving_is_one_line_and_keeps_the_previous_chec
                     "the previous checkpoint is untouched")
     assert {name: (run / name).read_bytes() for name in before} == before
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+class HalfWrites:
+    """A file on a disk that fills up: each write puts down half its data, then fails with ENOSPC."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def fill_the_disk(monkeypatch, run: Path) -> None:
+    """Every file opened for writing in `run` from now on (whatever the way it is opened) fills the disk."""
+    real_open = io.open
+
+    def opened(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        where = Path(os.readlink(f"/proc/self/fd/{f.fileno()}")) if isinstance(file, int) else Path(file).absolute()
+        writing = any(c in mode for c in "wax+")
+        return HalfWrites(f) if writing and where.parent == run.resolve() and where.name != ".charlm.lock" else f
+
+    monkeypatch.setattr(io, "open", opened)
+
+
+def run_files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".charlm.lock"}
+
+
+def test_a_resume_that_fills_the_disk_changes_no_file_and_names_the_file(workdir):
+    assert invoke("train", "-c", "k.yaml", "-q", "--set", "train.max_steps=4").exit_code == 0
+    run = workdir / "runs" / "k"
+    with (run / "metrics.jsonl").open("a") as f:  # a killed run's rows beyond last.pt, the last one torn
+        f.write(json.dumps({"step": 9, "loss": 1.0}) + '\n{"step": 10, "lo')
+    before = run_files(run)
+    with pytest.MonkeyPatch.context() as full:
+        fill_the_disk(full, run)
+        line = one_error_line(invoke("train", "--resume", "runs/k", "-q", "--set", "train.max_steps=8",
+                                     "--set", "train.eval_every=3"))
+    assert "No space left on device" in line and "runs/k/" in line  # names the file it could not write
+    assert run_files(run) == before  # config.yaml, metrics.jsonl, summary.json, last.pt: as they were
+    assert invoke("train", "--resume", "runs/k", "-q", "--set", "train.max_steps=8").exit_code == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the killed run's rows and its torn line are gone, no step twice
+
+
+def test_rewrites_are_whole_or_absent_and_a_torn_metrics_line_is_skipped(workdir):
+    from charlm.plot import read_metrics
+    from charlm.safe_write import write_atomic
+
+    target = workdir / "summary.json"
+    target.write_text('{"status": "finished"}')
+    with pytest.MonkeyPatch.context() as full, pytest.raises(CharLMError, match="summary.json: No space left"):
+        fill_the_disk(full, workdir)
+        write_atomic(target, json.dumps({"status": "finished", "step": 400150}))
+    assert target.read_text() == '{"status": "finished"}' and [p.name for p in workdir.iterdir()
+                                                               if p.name.endswith(".tmp")] == []
+    (workdir / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')  # killed mid-append
+    assert [row["step"] for row in read_metrics(workdir)] == [1, 2]

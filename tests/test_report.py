@@ -27,3 +27,12 @@ def test_an_interrupted_runs_summary_gives_the_sampled_best_marked_as_such():
     text = console.export_text()
     assert "perplexity ≈4.250 on the 500-token sample (the whole split is scored when the run finishes)" in text
     assert "resume with: charlm train --resume cut" in text
+
+
+def test_a_finished_run_whose_final_score_was_stopped_says_how_to_complete_it():
+    console = Console(record=True, width=300)
+    TrainingDisplay(console, quiet=True).summary(TrainResult(Path("t"), "finished", 12, None, 4.5, 1.0, 1e3,
+                                                             val_sample_tokens=500, sampled_best_val_perplexity=4.25,
+                                                             pending=True))
+    assert ("perplexity ≈4.250 on the 500-token sample (its whole-split score was stopped: "
+            "charlm train --resume t computes it)") in console.export_text()

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,66 @@ def test_an_error_quoting_a_huge_value_stays_one_short_line(ws):
     line = one_error_line(invoke("train", "-c", "tiny.yaml", "--set", "data.normalize=" + "x" * 100_000))
     assert len(line) <= len("error: ") + 1000 and "…" in line
     assert line.startswith("error: data.normalize: 'xxx") and "is not one of 'none' | 'lower' | 'letters'" in line
+
+
+def test_preprocess_force_never_deletes_a_users_folder_that_merely_holds_a_meta_json(ws):
+    proj = ws / "proj"
+    proj.mkdir()
+    (proj / "meta.json").write_text("{}")
+    (proj / "thesis.tex").write_text("years of work")
+    line = one_error_line(invoke("preprocess", "small.txt", "--out", "proj", "--force"))
+    assert "proj is not a preprocessed corpus folder" in line and "nothing was deleted" in line
+    assert sorted(p.name for p in proj.iterdir()) == ["meta.json", "thesis.tex"]
+    assert (proj / "thesis.tex").read_text() == "years of work"
+    assert invoke("preprocess", "small.txt", "--out", "data/own").exit_code == 0  # charlm's own folder
+    assert invoke("preprocess", "small.txt", "--out", "data/own", "--force").exit_code == 0  # is replaced
+
+
+def test_a_link_planted_as_the_lock_file_is_refused_not_written_through(ws):
+    victim = ws / "victim.txt"
+    victim.write_text("precious")
+    (ws / "runs" / "x").mkdir()
+    (ws / "runs" / "x" / ".charlm.lock").symlink_to(victim)
+    line = one_error_line(invoke("train", "--config", "tiny.yaml", "--quiet", "--set", "train.out=runs/x"))
+    assert "runs/x/.charlm.lock: it is a symbolic link" in line
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "summary.json", "config.yaml", "vocab.json", ".charlm-files"])
+def test_a_link_planted_in_a_run_folder_is_refused_on_resume_and_its_target_kept(ws, name):
+    run = ws / "runs" / "tiny"
+    victim = ws / "victim"
+    victim.write_bytes((run / name).read_bytes())  # the link reads as the real file did
+    (run / name).unlink()
+    (run / name).symlink_to(victim)
+    before = victim.read_bytes()
+    line = one_error_line(invoke("train", "--resume", "runs/tiny", "--quiet", "--set", "train.max_steps=6"))
+    assert f"runs/tiny/{name}: it is a symbolic link" in line and "nothing was written" in line
+    assert victim.read_bytes() == before and (run / name).is_symlink()
+
+
+def test_configs_copy_never_writes_through_a_planted_temp_link(ws):
+    victim = ws / "victim.txt"
+    victim.write_text("precious")
+    (ws / "cc").mkdir()
+    (ws / "cc" / ".x.yaml.tmp").symlink_to(victim)
+    assert invoke("configs", "copy", "tiny", "cc/x.yaml").exit_code == 0
+    assert victim.read_text() == "precious" and "model:" in (ws / "cc" / "x.yaml").read_text()
+
+
+def test_configs_copy_force_replaces_only_a_regular_yaml_file(ws):
+    victim = ws / "victim.yaml"
+    victim.write_text("precious")
+    (ws / "link.yaml").symlink_to(victim)
+    assert "link.yaml: it is a symbolic link" in one_error_line(invoke("configs", "copy", "tiny", "link.yaml",
+                                                                         "--force"))
+    assert victim.read_text() == "precious" and (ws / "link.yaml").is_symlink()
+    os.mkfifo(ws / "pipe.yaml")  # like /dev/null: not a file to replace
+    assert "pipe.yaml: it is a pipe" in one_error_line(invoke("configs", "copy", "tiny", "pipe.yaml", "--force"))
+    assert stat.S_ISFIFO(os.lstat(ws / "pipe.yaml").st_mode)
+    (ws / "passwd").write_text("root:x:0:0")  # like /etc/passwd: a file, but no config
+    assert "not a .yaml file" in one_error_line(invoke("configs", "copy", "tiny", "passwd", "--force"))
+    assert (ws / "passwd").read_text() == "root:x:0:0"
+    (ws / "mine.yaml").write_text("old")
+    assert invoke("configs", "copy", "tiny", "mine.yaml", "--force").exit_code == 0
+    assert "model:" in (ws / "mine.yaml").read_text()

@@ -201,7 +201,8 @@ def test_an_interrupted_run_leaves_the_whole_split_to_the_run_that_finishes(work
     from charlm.inference import evaluate_checkpoint
 
     stop = threading.Event()
-    result = train(tiny(), run_dir="cut", stop=stop, on_event=lambda kind, info: kind == "log" and stop.set())
+    result = train(tiny(), run_dir="cut", stop=stop,  # after step 6's evaluation
+                   on_event=lambda kind, info: kind == "log" and info["step"] == 6 and stop.set())
     summary = json.loads((workdir / "cut" / "summary.json").read_text())
     assert result.status == "interrupted" and result.sampled_best_val_perplexity is not None
     assert result.best_val_perplexity is None and summary["best_val_perplexity"] is None  # no whole-split pass
@@ -322,3 +323,76 @@ def test_init_from_fine_tunes_on_a_text_of_another_vocabulary(workdir):
                  resume=True, handle_signals=False).step == 3
     assert sorted(p.name for p in (workdir / "data").iterdir()) == sorted(
         ["corpus", "other", Path(tuned["data_dir"]).name])
+
+
+class Killed(BaseException):
+    """kill -9, as far as the process's files can tell."""
+
+
+def test_a_kill_during_the_whole_split_score_leaves_a_summary_and_resume_completes_it(workdir, monkeypatch):
+    from charlm import loop
+    from charlm.inference import evaluate_checkpoint
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as kill:
+        kill.setattr(loop, "score_whole_split", killed)
+        with pytest.raises(Killed):
+            train(tiny(), run_dir="k")
+    summary = json.loads((workdir / "k" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["best_val_perplexity"] is None and summary["pending"]
+    assert summary["sampled_best_val_perplexity"] == load_checkpoint("k/last.pt")["best_val"]  # marked as such
+    done = train(tiny(), run_dir="k", resume=True)  # not "nothing left to train": it scores best.pt
+    assert done.step == 12 and done.best_val_perplexity == pytest.approx(evaluate_checkpoint("k").perplexity)
+    summary = json.loads((workdir / "k" / "summary.json").read_text())
+    assert summary["best_val_perplexity"] == done.best_val_perplexity and "pending" not in summary
+    with pytest.raises(ConfigError, match="nothing left to train"):  # now whole: a resume is refused again
+        train(tiny(), run_dir="k", resume=True)
+
+
+def test_a_stop_request_ends_the_whole_split_pass_at_once(workdir, monkeypatch):
+    from charlm import evaluate
+
+    stop, chunks, real_chunks = threading.Event(), [], evaluate._scored_chunks
+
+    def counted(*args, **kwargs):
+        for chunk in real_chunks(*args, **kwargs):
+            chunks.append(stop.is_set())
+            yield chunk
+
+    def on_event(kind, info):
+        if kind == "note" and "whole validation split" in info["message"]:
+            stop.set()  # SIGTERM during the pass
+
+    monkeypatch.setattr(evaluate, "_scored_chunks", counted)
+    result = train(tiny(), run_dir="t", stop=stop, on_event=on_event)
+    assert result.status == "finished" and result.best_val_perplexity is None
+    assert chunks.count(True) == 1  # one chunk of the pass, then it stopped (the split has several)
+    assert json.loads((workdir / "t" / "summary.json").read_text())["pending"]
+    assert train(tiny(), run_dir="t", resume=True).best_val_perplexity is not None
+
+
+def test_ctrl_c_saves_without_an_extra_evaluation_and_the_resumed_run_continues_exactly(workdir, monkeypatch):
+    validated, real_validate = [], Trainer.validate
+
+    def counted(self):
+        validated.append(self.step)
+        return real_validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", counted)
+    stop = threading.Event()
+    result = train(tiny(), run_dir="cut", stop=stop, on_event=lambda kind, info: kind == "log" and stop.set())
+    assert result.status == "interrupted" and result.step == 3 and validated == []  # saved, not evaluated
+    assert load_checkpoint("cut/last.pt")["step"] == 3 and not (workdir / "cut" / "best.pt").exists()
+    assert "val_perplexity" not in json.loads((workdir / "cut" / "metrics.jsonl").read_text().splitlines()[-1])
+    train(tiny(), run_dir="cut", resume=True)
+    train(tiny(), run_dir="whole")
+    cut, whole = load_checkpoint("cut/last.pt"), load_checkpoint("whole/last.pt")
+    assert all(torch.equal(cut["model"][k], whole["model"][k]) for k in whole["model"])
+    assert cut["best_val"] == whole["best_val"]
+    rows = {r["step"]: r for r in map(json.loads, (workdir / "whole" / "metrics.jsonl").read_text().splitlines())}
+    for row in map(json.loads, (workdir / "cut" / "metrics.jsonl").read_text().splitlines()):
+        if row["step"] in rows and row["step"] != 4:  # step 4's window began at the cut
+            assert row["loss"] == rows[row["step"]]["loss"] and row.get("val_perplexity") == rows[row["step"]].get(
+                "val_perplexity")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from charlm import __version__
 from charlm.config import RunConfig, config_from_dict
 from charlm.data.vocab import Vocab
 from charlm.errors import CharLMError, CheckpointError
+from charlm.safe_write import WriteError, replacing, write_atomic
 
 FORMAT_VERSION = 1
 LATEST_POINTER = Path("runs") / "LATEST"
@@ -93,22 +92,21 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     payload = {"format_version": FORMAT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tracked = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path) as f:
             tracked = _TrackedFile(f)
             torch.save(payload, tracked)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
             stale.unlink(missing_ok=True)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
         cause = tracked.error if tracked is not None and tracked.error is not None else exc
+        if isinstance(cause, WriteError) and tracked is None:
+            raise  # the destination was refused before anything was written
         if isinstance(cause, OSError):
             cause = cause.strerror or cause
+        elif isinstance(cause, WriteError):
+            cause = str(cause).split(": ", 1)[-1]
         elif isinstance(cause, RuntimeError):  # torch's writer, without an OSError we saw
             cause = f"torch's writer failed: {str(cause).splitlines()[0] if str(cause) else 'RuntimeError'}"
         else:
@@ -248,6 +246,9 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     try:
         config = config_from_dict(payload["config"])
         vocab = Vocab.from_dict(payload["vocab"])
+        if vocab.level != config.data.level:
+            raise CheckpointError(f"{payload['path']} holds a {vocab.level}-level vocabulary but its config says "
+                                  f"data.level {config.data.level!r}")
         model, _ = build_model(payload["model_name"], len(vocab), **payload["model_args"])
         model.load_state_dict(payload["model"])
     except CharLMError:
@@ -263,6 +264,6 @@ def record_latest_run(run_dir: str | Path) -> None:
     """Remember the run so `generate`/`evaluate` work without --checkpoint right after training."""
     try:
         LATEST_POINTER.parent.mkdir(parents=True, exist_ok=True)
-        LATEST_POINTER.write_text(str(Path(run_dir).resolve()) + "\n", encoding="utf-8")
-    except OSError:
+        write_atomic(LATEST_POINTER, str(Path(run_dir).resolve()) + "\n")
+    except (OSError, CharLMError):
         pass  # A convenience only: never fail a finished run over it.

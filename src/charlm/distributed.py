@@ -14,6 +14,7 @@ import torch
 import torch.distributed as torch_dist
 
 from charlm.errors import CharLMError
+from charlm.safe_write import write_atomic
 from charlm.runtime import available_cores, local_rank, set_threads
 from charlm.runtime import resolve_device  # noqa: F401  (its old home; inference.py imports it from here)
 
@@ -188,8 +189,7 @@ def setup(device: str = "auto") -> Dist:
     dist = Dist(rank=torch_dist.get_rank(), world_size=torch_dist.get_world_size())
     if os.environ.get(PID_DIR_ENV):
         pid_file = Path(os.environ[PID_DIR_ENV]) / str(dist.rank)
-        pid_file.with_suffix(".tmp").write_text(str(os.getpid()), encoding="utf-8")
-        pid_file.with_suffix(".tmp").replace(pid_file)  # the launcher never reads half a pid
+        write_atomic(pid_file, str(os.getpid()))  # the launcher never reads half a pid
     return dist
 
 
@@ -218,10 +218,8 @@ def report_to_launcher(message: str, exit_code: int) -> bool:
 
     path = Path(folder) / f"error-{os.environ['RANK']}.json"
     try:
-        path.with_suffix(".tmp").write_text(json.dumps({"message": message, "exit_code": exit_code}),
-                                            encoding="utf-8")
-        path.with_suffix(".tmp").replace(path)
-    except OSError:
+        write_atomic(path, json.dumps({"message": message, "exit_code": exit_code}))
+    except (OSError, CharLMError):
         return False
     return True
 

@@ -59,6 +59,10 @@ class ScoreResult:
     alternatives: list[list[tuple[str, float]] | None] | None = None
 
 
+class EvaluationStopped(Exception):
+    """evaluate_ids was asked to stop before the end of its text."""
+
+
 def _perplexity(nats_per_token: float) -> float:
     try:
         return math.exp(nats_per_token)
@@ -114,12 +118,14 @@ def evaluate_ids(
     chunk_len: int = DEFAULT_CHUNK_LEN,
     device: str | torch.device = "cpu",
     unk_id: int | None = 0,
+    stop=None,
 ) -> EvalResult:
     """Mean NLL of ids[1:] given their history, one B = 1 stream with the state carried.
 
     The first token has no prediction (nothing to condition on), so n ids give n - 1 scored
     tokens, as in D2L. Unknown tokens are scored as <unk>, like in training. The model must be
     on `device`; it runs in eval mode under inference_mode and keeps its previous mode after.
+    Setting `stop` (a threading.Event) ends a long pass between chunks with EvaluationStopped.
     """
     if getattr(ids, "ndim", 1) != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
@@ -130,6 +136,8 @@ def evaluate_ids(
     with eval_mode(model), torch.inference_mode(), exact_fp32(device):
         vocab_size = model.vocab_size  # the model contract: logits are (B, T, vocab_size)
         for loss, targets, _ in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
+            if stop is not None and stop.is_set():
+                raise EvaluationStopped("evaluation stopped on request")
             total += float(loss)
             unknown += _count(targets, unk_id)
     scored = len(ids) - 1

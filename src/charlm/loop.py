@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from charlm.checkpoint import TrainState, load_optimizer_state, load_weights, vocab_digest
+from charlm.checkpoint_checks import check_position
 from charlm.config import RunConfig
 from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, CheckpointError
 from charlm.models import detach_state
 from charlm.precision import resolve_precision
-from charlm.result import TrainResult, score_whole_split
+from charlm.result import ScoringStopped, TrainResult, score_whole_split
 from charlm.resume import capture_streams, restore_streams
 from charlm.rundir import RunDir
 from charlm.runtime import upload_batch
@@ -100,6 +101,7 @@ class Trainer:
     def fit(self, stop: threading.Event | None = None) -> TrainResult:
         """The loop: a step, then on logging steps a window's line, on evaluation steps a checkpoint."""
         stop, t = stop or threading.Event(), self.cfg.train
+        self.stop = stop
         self.emit("start", self.start_info())
         self.folder.open_log(t.tensorboard)
         if not self.trainable:
@@ -107,8 +109,10 @@ class Trainer:
         self.model.train()
         batches = self.sampler.epoch(self.epoch, self.batch)
         window, val, self.clock = Window(self.device), None, time.perf_counter()
-        # train() refuses a resume at its limit; a Trainer restored there by hand just finishes.
+        # train() refuses a resume at its limit unless the run lacks its final summary; it then just finishes.
         stopping = last = self.limit_reached()
+        if last:
+            val = self.folder.last_logged("val_perplexity")
         while not stopping:
             xb, yb = next(batches)
             lr = self.cfg.optim.lr * lr_factor(self.step, self.cfg, self.total, self.schedule_clock)
@@ -117,13 +121,18 @@ class Trainer:
             window.add(loss, self.cfg.optim.grad_clip > 0 and grad_norm > self.cfg.optim.grad_clip)
             self.tick()
             last, stopping = self.agree_to_stop(stop)
-            evaluate_now = self.step % t.eval_every == 0 or stopping
-            if self.step % t.log_every == 0 or evaluate_now:
+            evaluate_now = self.step % t.eval_every == 0 or last
+            # Stopped on request between evaluations: save and exit at once, without an evaluation the
+            # uninterrupted run would not have made (the resumed run then continues exactly).
+            save_only = stopping and not evaluate_now
+            if self.step % t.log_every == 0 or evaluate_now or save_only:
                 row = self.log_window(window, lr, grad_norm)
                 if evaluate_now:
                     row["val_perplexity"] = val = self.evaluate_and_save(finished=last)
                     if self.val_sample_tokens:
                         row["val_sample_tokens"] = self.val_sample_tokens
+                elif save_only:
+                    self.folder.save(self.train_state(), best=False)
                 self.folder.log(row)
                 self.emit("log", row)
                 window = Window(self.device)
@@ -243,12 +252,17 @@ class Trainer:
 
     def restore(self, saved: TrainState) -> None:
         what = f"--resume {self.folder.last}"
+        check_position(saved, self.sampler.batches_per_epoch(), self.folder.last)
         load_weights(self.model, saved.model, what)
         load_optimizer_state(self.optimizer, saved.optimizer, what)
         self.step, self.epoch, self.batch = saved.step, saved.epoch, saved.batch
         self.elapsed = self.schedule_clock = saved.elapsed
         self.best_val = saved.best_val
-        self.state = restore_streams(saved, self.dist, self.device, self.state_dims, self.cfg.train.seed)
+        try:
+            self.state = restore_streams(saved, self.dist, self.device, self.state_dims, self.cfg.train.seed)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{what}: its random streams or carried state do not fit this run "
+                                  f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
 
     def count(self) -> TrainResult:
         """A counting model's training: one pass of counts, then evaluated, saved and logged as one step."""
@@ -280,25 +294,38 @@ class Trainer:
                         progress=run_progress(self.step, self.elapsed, self.cfg, self.total)[0])
         return info
 
-    def score_best(self, status: str) -> float | None:
-        """best.pt on the whole validation split, when evaluations scored a sample of it."""
-        if not self.val_sample_tokens or self.best_val is None:
-            return self.best_val
-        if status != "finished":
-            return None  # Ctrl-C should exit now; the resumed run scores best.pt when it finishes
+    def needs_whole_split_score(self, status: str) -> bool:
+        """Whether the run ends with best.pt scored on the whole split: it finished, evaluating a sample."""
+        return status == "finished" and bool(self.val_sample_tokens) and self.best_val is not None
+
+    def score_best(self) -> float | None:
+        """best.pt on the whole validation split; None when a stop request (Ctrl-C, SIGTERM) cut the pass short."""
         whole = self.corpus.val
         self.emit("note", {"message": f"scoring best.pt on the whole validation split ({len(whole):,} tokens)"})
-        best, seconds = score_whole_split(self.model, self.folder.best, whole, self.device, self.dist)
+        try:
+            best, seconds = score_whole_split(self.model, self.folder.best, whole, self.device, self.dist,
+                                              stop=getattr(self, "stop", None))
+        except ScoringStopped as stopped:
+            self.validation_s += stopped.seconds
+            self.emit("note", {"message": "stopped before best.pt's whole-split score; "
+                                          f"`charlm train --resume {self.folder.path}` computes it"})
+            return None
         self.validation_s += seconds
         return best
 
     def finish(self, status: str, val: float | None) -> TrainResult:
-        """best.pt's full-split score, summary.json, runs/LATEST and curves.png, then the result."""
+        """summary.json (first with the sample's best, marked pending, while best.pt's whole-split score
+        runs: a kill during that pass leaves a summary, and --resume completes it), runs/LATEST, curves.png."""
         self.folder.close_log()
         sample = self.val_sample_tokens
-        result = TrainResult(self.folder.path, status, self.step, self.score_best(status), val, self.elapsed,
-                             self.tokens_per_s(), sample, self.best_val if sample else None, self.validation_s,
-                             self.precision.name if self.trainable else None)
+        result = TrainResult(self.folder.path, status, self.step, None if sample else self.best_val, val,
+                             self.elapsed, self.tokens_per_s(), sample, self.best_val if sample else None,
+                             self.validation_s, self.precision.name if self.trainable else None)
+        if self.needs_whole_split_score(status):
+            result.pending = True
+            self.folder.write_summary(result.summary())
+            result.best_val_perplexity = self.score_best()
+            result.validation_s, result.pending = self.validation_s, result.best_val_perplexity is None
         self.folder.finish(result.summary(), curves=self.trainable, note=lambda m: self.emit("note", {"message": m}))
         self.emit("end", {"result": result})
         return result

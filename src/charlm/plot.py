@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 from charlm.errors import CharLMError
+from charlm.safe_write import replacing
 
 MATPLOTLIB_HINT = "matplotlib is not installed; get it with `pip install matplotlib` (or `pip install charlm[plot]`)"
 
@@ -44,12 +43,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CharLMError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    rows, lines = [], text.splitlines()
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                if number == len(lines) and not text.endswith("\n"):
+                    break  # the row a killed run was writing: the runs's rows before it stand
                 raise CharLMError(f"{path}:{number} is not valid JSON") from None
             if not isinstance(row, dict):
                 raise CharLMError(f"{path}:{number} is not a JSON object")
@@ -92,14 +93,9 @@ def plot_run(run_dir: str | Path | None = None, out: str | Path | None = None) -
     ax.set_title(Path(run_dir).name)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}.png")
     try:
-        fig.savefig(tmp)
-        tmp.replace(out)
-    except OSError as exc:
-        if tmp.is_file():
-            tmp.unlink()
-        raise CharLMError(f"cannot write {out}: {exc.strerror or exc}") from None
+        with replacing(out) as f:
+            fig.savefig(f, format="png")
     finally:
         plt.close(fig)
     return out

@@ -124,7 +124,10 @@ class TrainingDisplay:
             self.progress = None
         best, sampled, n = result.best_val_perplexity, result.sampled_best_val_perplexity, result.val_sample_tokens
         shown = _fmt(best) + (f" ({math.log2(best):.3f} bits/token)" if best else "")
-        if sampled is not None and best is None:  # interrupted: the finished run will score the whole split
+        if sampled is not None and best is None and result.pending:  # stopped during best.pt's final pass
+            shown = (f"≈{sampled:.3f} on the {n:,}-token sample (its whole-split score was stopped: "
+                     f"charlm train --resume {result.run_dir} computes it)")
+        elif sampled is not None and best is None:  # interrupted: the finished run will score the whole split
             shown = f"≈{sampled:.3f} on the {n:,}-token sample (the whole split is scored when the run finishes)"
         elif sampled is not None:
             shown += f" on the whole split (≈{sampled:.3f} on the {n:,}-token sample that chose it)"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from charlm.checkpoint import load_checkpoint, load_weights
-from charlm.evaluate import evaluate_ids
+from charlm.evaluate import EvaluationStopped, evaluate_ids
 
 
 @dataclass
@@ -25,6 +25,7 @@ class TrainResult:
     sampled_best_val_perplexity: float | None = None  # the sample's score that chose best.pt
     validation_s: float = 0.0  # this invocation's seconds of validation, which elapsed leaves out
     precision: str | None = None  # of the forward pass; None for a counting model
+    pending: bool = False  # best.pt's whole-split score is still to come (`--resume` computes it)
 
     def summary(self) -> dict[str, Any]:
         """summary.json's content."""
@@ -36,19 +37,35 @@ class TrainResult:
                        sampled_best_val_perplexity=self.sampled_best_val_perplexity)
         if self.precision:
             out["precision"] = self.precision
+        if self.pending:
+            out["pending"] = "best_val_perplexity: best.pt's score on the whole validation split"
         return out
 
 
-def score_whole_split(model, best_path: Path, val_ids, device, dist) -> tuple[float | None, float]:
+class ScoringStopped(Exception):
+    """A stop request ended the whole-split pass early, after `seconds`."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"stopped after {seconds:.1f}s")
+        self.seconds = seconds
+
+
+def score_whole_split(model, best_path: Path, val_ids, device, dist, stop=None) -> tuple[float | None, float]:
     """(perplexity, seconds) of the checkpoint at `best_path` on all of `val_ids`, as `charlm evaluate` scores it.
 
     Rank 0 scores it in one pass into a copy of the model while the other ranks wait (they get
-    None), so the figure does not depend on the number of processes.
+    None), so the figure does not depend on the number of processes. Setting `stop` ends the pass
+    early with ScoringStopped.
     """
     perplexity, started = None, time.perf_counter()
     if dist.is_main:
         scored = copy.deepcopy(model)
         load_weights(scored, load_checkpoint(best_path)["model"], str(best_path))
-        perplexity = evaluate_ids(scored, val_ids, device=device).perplexity
+        try:
+            perplexity = evaluate_ids(scored, val_ids, device=device, stop=stop).perplexity
+        except EvaluationStopped:
+            perplexity = None
     dist.barrier()
+    if perplexity is None and dist.is_main:
+        raise ScoringStopped(time.perf_counter() - started)
     return perplexity, time.perf_counter() - started

@@ -11,12 +11,8 @@ from typing import Any, Callable
 
 from charlm.checkpoint import TrainState, load_checkpoint, record_latest_run, save_checkpoint
 from charlm.errors import CharLMError
-
-LOCK = ".charlm.lock"  # flock'ed by the one process writing the folder; holds its pid
-MANIFEST = ".charlm-files"  # every name charlm wrote here, one a line: all that --force deletes
-# Runs written before the manifest existed: --force replaces these names in them.
-LEGACY_FILES = ("config.yaml", "vocab.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json")
-FOLDERS = ("tensorboard",)  # names in the manifest that are folders
+from charlm.run_manifest import LEGACY_FILES, LOCK, MANIFEST, previous_run_files, recorded
+from charlm.safe_write import append_line, check_destination, open_no_follow, write_atomic
 
 
 class RunDir:
@@ -33,6 +29,13 @@ class RunDir:
         self._lock = None  # the open lock file
         self._doomed: list[Path] = []  # a previous run's files, checked, deleted by create()
         self._names: set[str] | None = None  # the manifest, as read or written by this process
+        # A resume writes nothing until its first checkpoint is saved: its config, vocabulary and
+        # metrics rows wait here, so a resume that fails (a full disk) leaves the run as it was.
+        self._pending: tuple[str, Any, int] | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._saved_size: int | None = None  # metrics.jsonl's size at the last checkpoint saved
+        self._row_of_save = False
+        self._undo: tuple[list[str | None], int] | None = None  # what abandon() restores until a save
 
     def __str__(self) -> str:
         return str(self.path)
@@ -51,6 +54,9 @@ class RunDir:
 
     def check(self, resume: bool, force: bool) -> None:
         """Refuse a run folder we must not use, before anything is written (reads only)."""
+        if self.path.is_dir():  # a planted link is refused, never written through
+            for name in (LOCK, MANIFEST, *(LEGACY_FILES if resume else ())):
+                check_destination(self.path / name)
         if resume:
             if not self.last.is_file():
                 raise CharLMError(f"cannot resume: {self.last} does not exist")
@@ -61,14 +67,14 @@ class RunDir:
             if not force:
                 raise CharLMError(f"run folder {self.path} already exists; continue it with --resume {self.path} "
                                   "or overwrite it with --force")
-            self._doomed = self._previous_run_files()
+            self._doomed = previous_run_files(self.path)
 
     def claim(self) -> None:
         """Lock an existing folder; what --force deletes is decided again under the lock."""
         if self.path.is_dir():
             self.lock()
             if self._doomed:
-                self._doomed = self._previous_run_files()
+                self._doomed = previous_run_files(self.path)
 
     def _in_use(self) -> bool:
         return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
@@ -77,10 +83,7 @@ class RunDir:
         """Take the folder's lock, or say which process holds it."""
         if not self.writer or self._lock is not None:
             return
-        try:
-            f = open(self.path / LOCK, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise CharLMError(f"cannot write the run folder {self.path}: {exc.strerror or exc}") from None
+        f = open_no_follow(self.path / LOCK, os.O_RDWR | os.O_CREAT, "r+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -100,38 +103,29 @@ class RunDir:
             self._lock.close()
             self._lock = None
 
-    def _recorded(self) -> list[str]:
-        try:
-            return (self.path / MANIFEST).read_text(encoding="utf-8").split()
-        except FileNotFoundError:
-            return []
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.writer:
+            self._record("summary.json")
+            write_atomic(self.path / "summary.json", json.dumps(summary, indent=1))
 
-    def _previous_run_files(self) -> list[Path]:
-        """What --force will delete: the files a charlm run recorded, each checked to be what it wrote."""
-        names = self._recorded()
-        if not names:
-            if not (self.path / "config.yaml").is_file() or not _is_zip(self.last):
-                raise CharLMError(f"--force: {self.path} is not a charlm run folder (no {MANIFEST}); it holds files "
-                                  "charlm did not write, so nothing was deleted: choose another train.out")
-            names = [n for n in LEGACY_FILES if (self.path / n).exists()]
-        doomed = []
-        for name in dict.fromkeys(names):
-            path = self.path / name
-            if Path(name).name != name or name in (".", "..", LOCK):
-                raise CharLMError(f"--force: {self.path / MANIFEST} names {name!r}, not a file of this folder; "
-                                  "nothing was deleted")
-            if not os.path.lexists(path):
+    def has_final_summary(self) -> bool:
+        """Whether summary.json is a finished run's, with best.pt's whole-split score (not one still pending)."""
+        try:
+            summary = json.loads(_read(self.path / "summary.json") or "")
+        except ValueError:
+            return False
+        return isinstance(summary, dict) and summary.get("status") == "finished" and not summary.get("pending")
+
+    def last_logged(self, key: str) -> Any:
+        """The last value of `key` in metrics.jsonl, or None."""
+        for line in reversed((_read(self.metrics) or "").splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
                 continue
-            folder = name in FOLDERS
-            if path.is_symlink() or (path.is_dir() if folder else not path.is_file()):
-                kind = "a link" if path.is_symlink() else ("a folder" if path.is_dir() else "not a regular file")
-                raise CharLMError(f"--force: {path} is {kind}, not what charlm wrote there; nothing was deleted "
-                                  "(move it away or choose another train.out)")
-            doomed.append(path)
-            doomed += [p for p in self.path.glob(f".{name}.*") if p.is_file()]  # temp files of a killed writer
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise CharLMError(f"--force: cannot delete files in {self.path} (permission denied); nothing was deleted")
-        return doomed + [self.path / MANIFEST]
+            if isinstance(row, dict) and row.get(key) is not None:
+                return row[key]
+        return None
 
     def load_last(self) -> TrainState:
         return TrainState.from_payload(load_checkpoint(self.last))
@@ -148,6 +142,10 @@ class RunDir:
                                   "or overwrite it with --force")
             for path in self._doomed:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            for name in (*LEGACY_FILES, MANIFEST):  # temp files of a writer killed mid-rewrite (we hold the lock)
+                for stale in self.path.glob(f".{name}.*.tmp"):
+                    if stale.is_file() and not stale.is_symlink():
+                        stale.unlink()
             if resume and not (self.path / MANIFEST).exists():  # a run from before the manifest: adopt its files
                 for name in LEGACY_FILES:
                     if (self.path / name).is_file():
@@ -158,31 +156,77 @@ class RunDir:
     def _record(self, name: str) -> None:
         """Name a file in the manifest before it is first created."""
         if self._names is None:
-            self._names = set(self._recorded())
+            self._names = set(recorded(self.path))
         if name not in self._names:
-            with (self.path / MANIFEST).open("a", encoding="utf-8") as f:
-                f.write(name + "\n")
+            append_line(self.path / MANIFEST, name)
             self._names.add(name)
 
-    def write_config(self, config_yaml: str, vocab) -> None:
-        if self.writer:
-            self._record("config.yaml")
-            (self.path / "config.yaml").write_text(config_yaml, encoding="utf-8")
-            self._record("vocab.json")
-            vocab.save(self.path / "vocab.json")
-
-    def restart_metrics(self, step: int) -> None:
-        """Drop rows logged after `step` (the checkpoint we resume from), so no step appears twice."""
-        if not self.writer or not self.metrics.is_file():
+    def start(self, config_yaml: str, vocab, resume_step: int | None) -> None:
+        """A new run writes config.yaml and vocab.json now; a resume (from `resume_step`) at its first save."""
+        if not self.writer:
             return
-        rows = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        if resume_step is None:
+            self._write_config(config_yaml, vocab)
+        else:
+            self._pending, self._rows = (config_yaml, vocab, resume_step), []
+
+    def _write_config(self, config_yaml: str, vocab) -> None:
+        for name, text in (("config.yaml", config_yaml),
+                           ("vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False))):
+            self._record(name)
+            if _read(self.path / name) != text:  # a resume that changed nothing rewrites nothing
+                write_atomic(self.path / name, text)
+
+    def _commit(self) -> None:
+        """Before a resume's first checkpoint: metrics.jsonl without the rows it redoes, plus its own, then
+        its config. A kill from here on leaves rows the next resume drops; a failure (abandon) undoes them."""
+        if self._pending is None:
+            return
+        config_yaml, vocab, step = self._pending
+        self._record("metrics.jsonl")
+        text = _read(self.metrics) or ""
+        old = text.splitlines()
+        kept = [line for line in old if _step(line) is not None and _step(line) <= step]
+        new = [json.dumps(row) for row in self._rows]
+        undo = ([_read(self.path / n) for n in ("config.yaml", "vocab.json")],
+                sum(len(line.encode("utf-8")) + 1 for line in kept))
+        if kept != old or not text.endswith("\n") and text:  # rows after the checkpoint or a torn line
+            write_atomic(self.metrics, "".join(line + "\n" for line in kept + new))
+        else:
+            for line in new:
+                append_line(self.metrics, line)
+        self._pending, self._rows, self._undo = None, [], undo
+        self._write_config(config_yaml, vocab)
+
+    def _saved(self) -> None:
+        """A checkpoint is on disk: the rows logged so far, and the next one, belong to it."""
+        self._undo = None
+        try:
+            self._saved_size = self.metrics.stat().st_size
+        except OSError:
+            self._saved_size = 0
+        self._row_of_save = True
+
+    def abandon(self) -> None:
+        """After a failure: drop the metrics rows logged since the last checkpoint (a resume's, all it wrote)."""
+        self._pending, self._rows = None, []
+        if not self.writer:
+            return
+        size = self._saved_size
+        if self._undo is not None:
+            texts, size = self._undo
+            for name, text in zip(("config.yaml", "vocab.json"), texts):
+                if text is not None and _read(self.path / name) != text:
+                    try:
+                        write_atomic(self.path / name, text)
+                    except CharLMError:
+                        pass  # the disk is still full: the resumable keys of the new config.yaml remain
+        if size is not None:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    rows.append(line)
-            except (ValueError, AttributeError):
-                pass  # a row cut short by a kill: it belongs to the steps we are about to redo
-        self.metrics.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+                if self.metrics.stat().st_size > size:
+                    os.truncate(self.metrics, size)  # needs no free space, unlike a rewrite
+            except OSError:
+                pass
 
     def open_log(self, tensorboard: bool) -> None:
         if self.writer and tensorboard:
@@ -195,9 +239,14 @@ class RunDir:
         """One row of metrics.jsonl (and its TensorBoard mirror)."""
         if not self.writer:
             return
-        self._record("metrics.jsonl")
-        with self.metrics.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        if self._pending is not None:
+            self._rows.append(row)
+        else:
+            self._record("metrics.jsonl")
+            append_line(self.metrics, json.dumps(row))
+            if self._row_of_save:  # the row logged right after a checkpoint belongs to it
+                self._row_of_save = False
+                self._saved_size = self.metrics.stat().st_size
         if self.board is not None:
             self.board.write(row)
 
@@ -211,8 +260,10 @@ class RunDir:
         if not self.writer:
             return
         payload = state.to_payload()
+        self._commit()
         self._record("last.pt")
         save_checkpoint(self.last, payload)
+        self._saved()
         if best:
             self._record("best.pt")
             save_checkpoint(self.best, payload)
@@ -221,8 +272,8 @@ class RunDir:
         """summary.json, runs/LATEST and curves.png: what a run writes when it ends, stopped or finished."""
         if not self.writer:
             return
-        self._record("summary.json")
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        self._commit()
+        self.write_summary(summary)
         record_latest_run(self.path)
         if curves:
             self._record("curves.png")
@@ -234,10 +285,17 @@ class RunDir:
                 note(f"{MATPLOTLIB_HINT}; skipped curves.png")
 
 
-def _is_zip(path: Path) -> bool:
-    """Whether `path` is a file torch.save could have written (a zip archive)."""
+def _read(path: Path) -> str | None:
     try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _step(line: str) -> int | None:
+    """A metrics row's step; None for a line a kill cut short (it belongs to the steps a resume redoes)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None

@@ -19,6 +19,9 @@ from charlm import safe_yaml
 from charlm.errors import ConfigError
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def bounded(lo: float | None = None, hi: float | None = None, *, lo_open=False, hi_open=False) -> dict:
     """Field metadata: the number must lie in [lo, hi] (open at an end when asked)."""
     return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
@@ -87,6 +90,8 @@ def coerce(key: str, value: Any, tp: Any, meta: dict, from_text: bool) -> Any:
         raise ConfigError(f"{key}: {str(value)[:20]}... is too large for {type_name(tp)}") from None
     if tp is float and value in (math.inf, -math.inf):
         raise ConfigError(f"{key}: {value!r} is not a finite number")
+    if tp is float and abs(value) > FLOAT32_MAX:  # it reaches a float32 tensor (Adam's lr, dropout's p…)
+        raise ConfigError(f"{key}: {value!r} is beyond float32's range (±{FLOAT32_MAX:.4g})")
     if tp in (int, float) and meta:
         lo, hi = meta["lo"], meta["hi"]
         if value != value or (lo is not None and (value < lo or (meta["lo_open"] and value == lo))) or (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from charlm.errors import ConfigError
+from charlm.safe_write import check_destination, write_atomic
 
 _CONFIGS = importlib.resources.files("charlm") / "configs"
 
@@ -67,11 +67,13 @@ def copy_config(name: str, dest: str | os.PathLike | None = None, force: bool = 
     target = Path(dest) if dest is not None else Path(f"{source.name}.yaml")
     if target.is_dir():
         target = target / f"{source.name}.yaml"
-    if target.exists() and not force:
-        raise ConfigError(f"{target} exists; pass --force to overwrite it")
+    check_destination(target)  # a link, a device or a folder is never written through, even with --force
+    if os.path.lexists(target):
+        if not force:
+            raise ConfigError(f"{target} exists; pass --force to overwrite it")
+        if target.suffix not in (".yaml", ".yml"):
+            raise ConfigError(f"{target} exists and is not a .yaml file; --force replaces only a config file")
     if not target.parent.is_dir():
         raise ConfigError(f"no such folder: {target.parent}")
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source.path, tmp)
-    os.replace(tmp, target)
+    write_atomic(target, source.path.read_bytes())
     return target

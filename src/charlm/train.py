@@ -15,6 +15,7 @@ import torch
 
 from charlm import distributed, runtime
 from charlm.checkpoint import check_same_vocab, load_checkpoint, load_weights
+from charlm.checkpoint_checks import check_train_state
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.prepare import folder_settings, prepare_for_training
 from charlm.data.remap import in_vocabulary
@@ -53,7 +54,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, resume: bool = F
         run = RunDir(run_dir or cfg.train.out or Path("runs") / cfg.name, writer=dist.is_main)
         stack.callback(run.unlock)
         trainer = open_run(cfg, dist, run, resume=resume, force=force, init_from=init_from, on_event=on_event)
-        return trainer.fit(stop)
+        try:
+            return trainer.fit(stop)
+        except Exception:
+            run.abandon()  # a failed run keeps no metrics rows beyond its last checkpoint
+            raise
 
 
 def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bool,
@@ -65,6 +70,8 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
     """
     run.check(resume, force)
     saved = run.load_last() if resume else None
+    if saved is not None:  # every field, before any is used or a file is touched
+        check_train_state(saved, run.last, cfg.data.level)
     dist.main_first(run.claim)  # rank 0 takes the folder's lock, or says who holds it
     if saved is not None:
         cfg = _resume_config(cfg, saved.config)
@@ -101,14 +108,15 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
         trainer.restore(saved)  # in memory only: a checkpoint that does not fit fails before any write
         _check_work_left(trainer, run)
     dist.main_first(lambda: run.create(resume))
-    run.write_config(dump_yaml(cfg), corpus.vocab)
-    run.restart_metrics(trainer.step if trainer.trainable else -1)  # a counting model counts again
+    # A counting model counts again; a resume's first write waits for its first checkpoint (see RunDir.start).
+    run.start(dump_yaml(cfg), corpus.vocab, (trainer.step if trainer.trainable else -1) if resume else None)
     return trainer
 
 
 def _check_work_left(trainer: Trainer, run: RunDir) -> None:
-    """A resume with no step left to train would only rewrite the run's files: refuse it."""
-    if not trainer.limit_reached():
+    """A resume with no step left to train would only rewrite the run's files: refuse it, unless the
+    run ended before its summary had best.pt's whole-split score (killed during that pass): it gets it now."""
+    if not trainer.limit_reached() or not run.has_final_summary():
         return
     t, step = trainer.cfg.train, trainer.step
     if trainer.total is not None and step >= trainer.total:

@@ -7,6 +7,7 @@ killed process (kill -9, power loss) from a live one's and remove them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -31,10 +32,12 @@ def make_temp_dir(out: Path, force: bool) -> tuple[Path, list[Path]]:
             raise DataError(f"{out} exists and is not a folder; choose another output folder")
         if not force:
             raise DataError(f"{out} already exists; pass --force to replace it")
-        # --force swaps the whole folder out and deletes it: only ever one preprocess wrote.
-        if any(out.iterdir()) and not (out / "meta.json").is_file():
-            raise DataError(f"{out} is not a preprocessed corpus folder (no meta.json); --force only replaces "
-                            "those, choose another output folder")
+        # --force swaps the whole folder out and deletes it: only ever a folder preprocess wrote,
+        # holding nothing but the files it writes (a meta.json alone proves nothing).
+        if out.is_symlink() or (any(out.iterdir()) and not is_charlm_data_folder(out)):
+            why = "no meta.json" if not (out / "meta.json").is_file() else "it holds files preprocess did not write"
+            raise DataError(f"{out} is not a preprocessed corpus folder ({why}); --force only replaces "
+                            "those, so nothing was deleted: choose another output folder")
     created = [p for p in reversed(out.absolute().parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +127,17 @@ def _alive(pid: int) -> bool:
 
 
 _OURS = {"meta.json", "vocab.json", "stats.json", "train.bin", "val.bin", "train.remap", "val.remap"}
+
+
+def is_charlm_data_folder(folder: Path) -> bool:
+    """Whether `folder` holds only what preprocess writes, with the meta.json it writes."""
+    if not _only_ours(folder) or not {"meta.json", "vocab.json"} <= {p.name for p in folder.iterdir()}:
+        return False
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"level", "normalize", "vocab_size"} <= set(meta)
 
 
 def _only_ours(folder: Path) -> bool:

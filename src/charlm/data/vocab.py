@@ -39,6 +39,13 @@ class Vocab:
             raise DataError(f"a vocabulary must start with {UNK}")
         if len(tokens) != len(counts):
             raise DataError(f"vocabulary has {len(tokens)} tokens but {len(counts)} counts")
+        bad = next((t for t in tokens if not isinstance(t, str) or not t), None) if tokens else None
+        if bad is not None or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in counts):
+            what = f"token {bad!r}" if bad is not None else "count"
+            raise DataError(f"vocabulary holds a {what} that is not {'a string' if bad is not None else 'an integer'}")
+        if level == "char" and any(len(t) != 1 for t in tokens[1:]):
+            word = next(t for t in tokens[1:] if len(t) != 1)
+            raise DataError(f"a char-level vocabulary holds the token {word[:20]!r}, not one character")
         self.tokens: tuple[str, ...] = tuple(tokens)
         self.counts: tuple[int, ...] = tuple(int(c) for c in counts)
         self.level = level
@@ -145,7 +152,9 @@ class Vocab:
             raise DataError(f"malformed vocabulary ({exc!r}); preprocess the corpus again") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        from charlm.safe_write import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:
