@@ -131,6 +131,30 @@ def train(
             display.summary(result)  # while the bar is live, so its last frame can show the run's figures
 
 
+@app.command(epilog="Examples: charlm plan mytext.txt --time 5m\n\ncharlm plan tinyshakespeare --time 90s --yaml")
+@friendly
+def plan(
+    corpus: str = typer.Argument(..., help="A text file, or a built-in dataset: timemachine, tinyshakespeare."),
+    time_budget: Optional[str] = typer.Option(None, "--time", "-t", help="Training time: 90s, 5m, 1h30m."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps instead of a time."),
+    as_yaml: bool = typer.Option(False, "--yaml", help="Print the whole config as YAML."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto: the device to plan (and calibrate) for."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Measure this device again, ignoring the cache."),
+) -> None:
+    """Plan a run for a text and a budget from this device's measured speed; print it without training."""
+    from charlm.calibrate import plan_corpus
+    from charlm.config import build_config, dump_yaml
+    from charlm.planner import Budget, parse_duration
+
+    budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
+    result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate,
+                         note=lambda message: err.print(escape(message), highlight=False))
+    out.print(escape(result.summary()), highlight=False)
+    out.print(escape("why: " + "; ".join(result.reasons)), highlight=False)
+    if as_yaml:
+        print(dump_yaml(build_config(result.config, name="plan")), end="")
+
+
 @app.command(epilog="Examples: charlm plot\n\ncharlm plot runs/rnn")
 @friendly
 def plot(run: Optional[Path] = typer.Argument(
