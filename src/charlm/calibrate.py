@@ -55,7 +55,8 @@ class Calibration:
 
         self.device = torch.device(device)
         self.precision = resolve_precision("auto", self.device).name
-        self.key, self.path, self.vocab_size = machine_key(self.device, self.precision), path or cache_path(), vocab_size
+        self.key, self.vocab_size = machine_key(self.device, self.precision), vocab_size
+        self.path = path or cache_path()
         self.note = note or (lambda message: None)
         self.table: dict[str, float] = {} if recalibrate else self._load().get(self.key, {})
         self.measured: list[str] = []
