@@ -131,8 +131,11 @@ class Calibration:
             torch.cuda.synchronize(self.device)
 
 
-def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None):
-    """Preprocess `corpus` as a planned run reads it (every character kept), measure, and plan."""
+def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None, **rules):
+    """Preprocess `corpus` as a planned run reads it (every character kept), measure, and plan.
+
+    `rules` go to `planner.plan` (`rules=Rules(...)`, `candidates=(...)`), for sweeps and tests.
+    """
     from charlm.config import DataConfig
     from charlm.data.prepare import prepare_for_training
     from charlm.planner import CorpusProfile, plan
@@ -143,4 +146,4 @@ def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool 
     profile = CorpusProfile(corpus=corpus, train_tokens=len(prepared.train), vocab_size=len(prepared.vocab),
                             level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val))
     speed = Calibration(resolve_device(device), profile.vocab_size, recalibrate=recalibrate, note=note)
-    return plan(profile, budget, speed)
+    return plan(profile, budget, speed, **rules)
