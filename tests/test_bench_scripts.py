@@ -136,3 +136,17 @@ def test_compare_planner_scores_the_plan_beside_the_baselines_on_the_full_split(
     assert {"shakespeare_5min.yaml by hand", "shakespeare_gpt.yaml by hand"} <= set(labels)
     assert all(0 < float(row[2]) < math.log(40) for row in rows)  # better than uniform over the text's characters
     assert "plan: lstm 1×16" in out and out.startswith("cpu: ")
+
+
+def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan():
+    from charlm.planner import Budget, CorpusProfile, plan
+
+    planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(steps=3000), None)
+    variants = dict(load_script("plan_sweep").neighbours(planned))
+    assert variants.pop("plan") == planned.config
+    assert {label.split()[0] for label in variants} == {"smaller", "larger", "lr", "dropout"}
+    for label, raw in variants.items():
+        changed = {(section, key) for section in raw for key in raw[section]
+                   if raw[section][key] != planned.config[section][key]}
+        allowed = {"hidden_size", "num_layers", "lr", "min_lr", "dropout"}
+        assert changed and {key for _, key in changed} <= allowed, label
