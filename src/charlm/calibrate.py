@@ -147,3 +147,24 @@ def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool 
                             level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val))
     speed = Calibration(resolve_device(device), profile.vocab_size, recalibrate=recalibrate, note=note)
     return plan(profile, budget, speed, **rules)
+
+
+def budget_overrides(seconds: float | None, steps: int | None) -> list[str]:
+    """`--time`/`--steps` on a config: the budget replaces the config's own stopping rule."""
+    if seconds is not None:
+        return [f"train.max_time={seconds:g}", "train.max_steps=null", "train.epochs=null"]
+    if steps is not None:
+        return [f"train.max_steps={steps}", "train.max_time=null", "train.epochs=null"]
+    return []
+
+
+def planned_config(corpus: str, budget, overrides: list[str] | None = None, *, device: str = "auto",
+                   recalibrate: bool = False, note=None):
+    """(RunConfig, Plan): the plan for `corpus` as a run config named after the text, `overrides` on top."""
+    from charlm.config import build_config
+    from charlm.data.corpus import folder_name
+    from charlm.data.text import BUILTIN_DATASETS
+
+    made = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
+    name = corpus if corpus in BUILTIN_DATASETS else folder_name(corpus)
+    return build_config(made.config, overrides, name=name), made

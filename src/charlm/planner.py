@@ -154,9 +154,10 @@ def _lr(c: Candidate, rules: Rules) -> float:
 Speed = Callable[[Candidate], float]  # tokens/s of a candidate's training step on this device; 0: does not fit
 
 
-def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: Rules = RULES,
-         candidates: tuple[Candidate, ...] = CANDIDATES) -> Plan:
+def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: Rules | None = None,
+         candidates: tuple[Candidate, ...] | None = None) -> Plan:
     """The config for `profile` within `budget`; `speed` is asked only about the shapes it needs."""
+    rules, candidates = rules or RULES, candidates or CANDIDATES
     if profile.level != "char":
         raise ConfigError("the planner plans character-level runs; for words pass --config")
     if budget.seconds is None:
@@ -224,4 +225,4 @@ def _too_short(smallest: Candidate, budget: Budget, speed: Speed | None, rules: 
         return "not even the smallest model fits in this device's memory"
     need = math.ceil(rules.min_tokens / rate / (1 - rules.eval_share))
     return (f"--time {budget.seconds:g}s is too short to train anything useful on this device "
-            f"({rate:,.0f} tokens/s at best); the shortest sensible budget is {need}s")
+            f"({rate:,.0f} tokens/s for the smallest model); the shortest sensible budget is {need}s")
