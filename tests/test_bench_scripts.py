@@ -122,3 +122,31 @@ def test_bench_serve_prints_one_client_and_many_with_the_ratio(capsys):
     rows = [line.split() for line in table]
     assert [row[0] for row in rows] == ["1", "4"] and all(float(row[2]) > 0 for row in rows)
     assert "4 clients: " in out and "x the requests/s of one client" in out
+
+
+@pytest.mark.slow
+def test_compare_planner_scores_the_plan_beside_the_baselines_on_the_full_split(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # the data folders it preprocesses
+    assert load_script("compare_planner").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "nats/char" not in line]
+    labels = [row[0].strip() for row in rows]
+    assert labels[0].startswith("planned: lstm 1×16") and labels[1].startswith("ngram.yaml")
+    assert {"shakespeare_5min.yaml by hand", "shakespeare_gpt.yaml by hand"} <= set(labels)
+    assert all(0 < float(row[2]) < math.log(40) for row in rows)  # better than uniform over the text's characters
+    assert "plan: lstm 1×16" in out and out.startswith("cpu: ")
+
+
+def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan():
+    from charlm.planner import Budget, CorpusProfile, plan
+
+    planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(steps=3000), None)
+    variants = dict(load_script("plan_sweep").neighbours(planned))
+    assert variants.pop("plan") == planned.config
+    assert {label.split()[0] for label in variants} == {"smaller", "larger", "lr", "dropout"}
+    for label, raw in variants.items():
+        changed = {(section, key) for section in raw for key in raw[section]
+                   if raw[section][key] != planned.config[section][key]}
+        allowed = {"hidden_size", "num_layers", "lr", "min_lr", "dropout"}
+        assert changed and {key for _, key in changed} <= allowed, label

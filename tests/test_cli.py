@@ -327,3 +327,54 @@ def test_plot_marks_validation_scored_on_a_sample(workdir, monkeypatch):
         t.get_text() for t in fig.axes[0].get_legend().get_texts()), real_close(fig)))
     assert invoke("plot", "runs/tiny").exit_code == 0
     assert labels == ["train", "validation ≈ (first 300 tokens)"]
+
+
+def test_train_text_with_a_steps_budget_plans_the_run_and_its_config_reproduces_it(workdir, monkeypatch):
+    import charlm.planner as planner
+
+    # A tiny ladder so the planned model trains in seconds; the rules are the shipped ones otherwise.
+    monkeypatch.setattr(planner, "CANDIDATES", (planner.Candidate(16, batch_size=4, num_steps=16),))
+    monkeypatch.setattr(planner, "RULES", planner.Rules(min_tokens=100))
+    planned = invoke("train", "corpus.txt", "--steps", "12")
+    assert planned.exit_code == 0, planned.output
+    first, why = planned.stdout.splitlines()[:2]
+    assert first.startswith("plan: lstm 1×16") and "batch 4 × 16" in first and "epochs of" in first
+    assert why.startswith("why: ") and "dropout" in why
+    saved = yaml.safe_load((workdir / "runs" / "corpus" / "config.yaml").read_text())
+    assert (saved["model"]["hidden_size"], saved["train"]["max_steps"], saved["data"]["normalize"]) == (16, 12, "none")
+    again = invoke("train", "--config", "runs/corpus/config.yaml", "--set", "train.out=runs/again", "-q")
+    assert again.exit_code == 0, again.output
+    losses = [[row.get("loss") for row in map(json.loads, (workdir / "runs" / name / "metrics.jsonl").open())]
+              for name in ("corpus", "again")]
+    assert losses[0] == losses[1] and any(losses[0])
+
+
+def test_time_on_a_config_replaces_its_step_limit(workdir):
+    result = invoke("train", "--config", "tiny.yaml", "--time", "2s", "-q")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((workdir / "runs" / "tiny" / "config.yaml").read_text())["train"]
+    assert (saved["max_time"], saved["max_steps"]) == (2.0, None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--time", "5m"], "plan a run for a text"),
+    (["corpus.txt", "--time", "soon"], "is not a duration"),
+    (["corpus.txt", "--time", "5m", "--steps", "10"], "one budget"),
+    (["corpus.txt", "--steps", "0"], "at least 1"),
+    (["corpus.txt", "--time", "5m", "--nproc", "2"], "--nproc takes a config"),
+])
+def test_a_bad_budget_is_one_line(workdir, args, message):
+    assert message in one_error_line(invoke("train", *args))
+
+
+def test_plan_prints_the_plan_and_a_config_that_loads(workdir, monkeypatch):
+    from charlm.config import build_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(workdir / "cache"))
+    result = invoke("plan", "corpus.txt", "--steps", "500", "--yaml")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("plan: lstm") and lines[1].startswith("why: ")
+    cfg = build_config(yaml.safe_load("\n".join(lines[2:])), name="plan")
+    assert cfg.train.max_steps == 500 and cfg.data.corpus == "corpus.txt"
+    assert not (workdir / "cache").exists()  # a steps budget measures nothing

@@ -75,7 +75,8 @@ def preprocess(
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
-@app.command(epilog="Examples: charlm train my_text.txt --config rnn\n\n"
+@app.command(epilog="Examples: charlm train my_text.txt --time 5m\n\n"
+                    "charlm train my_text.txt --config rnn\n\n"
                     "charlm train data/my_text --config lstm --set train.max_steps=500\n\n"
                     "charlm train --config rnn  (the config's own corpus: The Time Machine)\n\n"
                     "charlm train --resume runs/rnn --set train.max_steps=4000")
@@ -93,10 +94,16 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only a final summary line."),
     nproc: int = typer.Option(1, "--nproc", help="Processes for data-parallel training (launches torchrun)."),
+    time_budget: Optional[str] = typer.Option(
+        None, "--time", "-t", help="Train for this long: 90s, 5m, 1h30m. Without --config the model is planned for "
+        "TEXT and this machine (see `charlm plan`); with one, it replaces the config's step or time limit."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Train this many steps (planned as --time is)."),
 ) -> None:
-    """Train a model from a YAML config on TEXT (or the config's corpus); writes checkpoints, metrics and curves
-    to the run folder. The first line says which corpus and data folder the run trains on."""
+    """Train a model on TEXT from a YAML config, or planned for a time (--time); writes checkpoints, metrics and
+    curves to the run folder. The first line says which corpus and data folder the run trains on."""
+    from charlm.calibrate import budget_overrides
     from charlm.config import load_config
+    from charlm.planner import Budget, parse_duration
 
     if resume is not None and init_from is not None:
         raise CharLMError("--resume and --init-from exclude each other")
@@ -104,11 +111,25 @@ def train(
         raise CharLMError(f"--nproc must be at least 1, got {nproc}")
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
-    cfg = load_config(config, overrides, corpus=text)
-    if config is None and resume is None:  # the built-in defaults are no model anyone chose
-        raise CharLMError(f"give a config: `charlm train {escape_arg(text or 'TEXT')} --config NAME` (a shipped "
-                          "one, `charlm configs` lists them, e.g. rnn) or --config FILE.yaml; --resume RUN reuses "
-                          "the run's own")
+    seconds = parse_duration(time_budget) if time_budget is not None else None
+    budget = Budget(seconds, steps) if seconds is not None or steps is not None else None
+    if config is None and resume is None and text is not None and budget is not None:
+        from charlm.calibrate import planned_config
+
+        if nproc > 1:  # each worker would measure and might plan another model
+            raise CharLMError("--nproc takes a config: save the plan with `charlm plan TEXT --time ... --yaml > "
+                              "plan.yaml`, then `charlm train --config plan.yaml --nproc N`")
+        cfg, made = planned_config(text, budget, overrides, note=lambda message: err.print(escape(message)))
+        out.print(escape(made.summary()), highlight=False)
+        out.print(escape("why: " + "; ".join(made.reasons)), highlight=False)
+    else:
+        cfg = load_config(config, overrides + budget_overrides(seconds, steps), corpus=text)
+    if config is None and resume is None and budget is None:  # the built-in defaults are no model anyone chose
+        raise CharLMError(f"give a budget or a config: `charlm train {escape_arg(text or 'TEXT')} --time 5m` plans "
+                          "one, --config NAME takes a shipped one (`charlm configs` lists them, e.g. rnn) or "
+                          "--config FILE.yaml; --resume RUN reuses the run's own")
+    if config is None and resume is None and text is None:
+        raise CharLMError("--time and --steps plan a run for a text: `charlm train TEXT --time 5m`")
     if resume is not None:
         cfg = cfg.replace("train", out=str(resume))
     if nproc > 1:
@@ -129,6 +150,30 @@ def train(
                               on_event=display.on_event, stop=stop)
         if is_main_process():
             display.summary(result)  # while the bar is live, so its last frame can show the run's figures
+
+
+@app.command(epilog="Examples: charlm plan mytext.txt --time 5m\n\ncharlm plan tinyshakespeare --time 90s --yaml")
+@friendly
+def plan(
+    corpus: str = typer.Argument(..., help="A text file, or a built-in dataset: timemachine, tinyshakespeare."),
+    time_budget: Optional[str] = typer.Option(None, "--time", "-t", help="Training time: 90s, 5m, 1h30m."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps instead of a time."),
+    as_yaml: bool = typer.Option(False, "--yaml", help="Print the whole config as YAML."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto: the device to plan (and calibrate) for."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Measure this device again, ignoring the cache."),
+) -> None:
+    """Plan a run for a text and a budget from this device's measured speed; print it without training."""
+    from charlm.calibrate import plan_corpus
+    from charlm.config import build_config, dump_yaml
+    from charlm.planner import Budget, parse_duration
+
+    budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
+    result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate,
+                         note=lambda message: err.print(escape(message), highlight=False))
+    out.print(escape(result.summary()), highlight=False)
+    out.print(escape("why: " + "; ".join(result.reasons)), highlight=False)
+    if as_yaml:
+        print(dump_yaml(build_config(result.config, name="plan")), end="")
 
 
 @app.command(epilog="Examples: charlm plot\n\ncharlm plot runs/rnn")
