@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from charlm.errors import CharLMError
 from charlm.planner import Candidate
 
 MEASURE_S = 0.6  # per candidate after its warm-up step: long enough to average, short enough to try several
@@ -76,16 +77,15 @@ class Calibration:
         return data if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()) else {}
 
     def _save(self) -> None:
+        from charlm.safe_write import write_atomic
+
         data = self._load()
         data[self.key] = self.table
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".throughput.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError as exc:  # a read-only home: the plan still works, it measures again next time
-            self.note(f"could not cache the calibration in {self.path} ({exc.strerror or exc})")
+            write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
+        except (OSError, CharLMError) as exc:  # a read-only home: the plan still works, it measures again next time
+            self.note(f"could not cache the calibration in {self.path} ({getattr(exc, 'strerror', None) or exc})")
 
     def _measure(self, c: Candidate) -> float:
         """tokens/s of `c`'s training step; 0.0 when it does not fit in memory."""
