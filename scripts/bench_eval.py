@@ -8,7 +8,7 @@ in fp32. Each variant keeps its best round, so a busy machine slows all alike an
 same-run ratios. The last columns: batched evaluation over training in fp32 and in bf16 (what
 train.precision auto picks on a CPU with native bf16).
 
-    python scripts/bench_eval.py [--rounds 3] [--steps 20] [--only lstm] [--quick]
+    python scripts/bench_eval.py [--rounds 3] [--steps 20] [--only lstm] [--clock wall|cpu] [--quick]
 
 `--checkpoint RUN [--data FILE]` instead measures how long a warm-up a trained recurrent model
 needs: for W tokens of warm-up from the zero state, at 64 points of its validation split (or of
@@ -38,13 +38,13 @@ from charlm.train import model_options
 VAL_TOKENS = {"timemachine": 17_343, "tinyshakespeare": 111_540}
 
 
-def eval_rate(model, ids, segments) -> float:
-    start = time.perf_counter()
+def eval_rate(model, ids, segments, clock=time.perf_counter) -> float:
+    start = clock()
     evaluate_ids(model, ids, segments=segments)
-    return (len(ids) - 1) / max(time.perf_counter() - start, 1e-9)
+    return (len(ids) - 1) / max(clock() - start, 1e-9)
 
 
-def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int) -> dict:
+def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int, clock=time.perf_counter) -> dict:
     vocab = vocab_of(cfg)
     torch.manual_seed(0)
     model, _ = build_model(cfg.model.name, vocab, **model_options(cfg))
@@ -59,9 +59,9 @@ def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int) -> dict:
     batch = cfg.data.batch_size * cfg.data.num_steps
     for _ in range(rounds):
         for key, step in variants.items():
-            best[key] = max(best[key], rate(step, steps) * batch)
-        best["eval batched"] = max(best["eval batched"], eval_rate(model, ids, None))
-        best["eval B=1"] = max(best["eval B=1"], eval_rate(model, one, 1))
+            best[key] = max(best[key], rate(step, steps, clock) * batch)
+        best["eval batched"] = max(best["eval batched"], eval_rate(model, ids, None, clock))
+        best["eval B=1"] = max(best["eval B=1"], eval_rate(model, one, 1, clock))
     with torch.inference_mode():
         scored = score_batched(model.eval(), ids, "cpu", vocab_size=vocab)
     return {**best, "segments": scored.segments, "reruns": scored.reruns}
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each variant keeps its best")
     parser.add_argument("--only", default=None, help="only configs whose name contains this")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps x 1 round, 3,000 tokens")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: one thread's CPU seconds (time.thread_time), steadier on a shared machine")
     parser.add_argument("--checkpoint", default=None, help="measure a trained run's warm-up instead (see above)")
     parser.add_argument("--data", default=None, help="with --checkpoint: a text file instead of the validation split")
     args = parser.parse_args(argv)
@@ -125,16 +127,21 @@ def main(argv: list[str] | None = None) -> None:
         return warmup_profile(args.checkpoint, args.data)
     if args.quick:
         args.steps, args.rounds = 2, 1
+    clock = time.perf_counter
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+        clock = time.thread_time
     for line in cpu_report():
         print(line)
-    print(f"best of {args.rounds} alternating rounds; random weights and ids; evaluation in fp32 on a text as "
+    print(f"best of {args.rounds} alternating rounds, {args.clock} clock; random weights and ids; "
+          "evaluation in fp32 on a text as "
           "long as the config's validation split" + (" (--quick: tiny models, 3,000 tokens)" if args.quick else ""))
     print(f"{'config':18} {'model':12} {'tokens':>8} {'B':>3} {'reruns':>6} {'train fp32':>10} {'train bf16':>10} "
           f"{'eval B=1':>9} {'eval':>9} {'eval/B=1':>8} {'/fp32':>6} {'/bf16':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in bench_cases(args.only, args.quick):
             tokens = 3000 if args.quick else VAL_TOKENS.get(cfg.data.corpus, 100_000)
-            r = measure(cfg, args.steps, args.rounds, Path(tmp), tokens)
+            r = measure(cfg, args.steps, args.rounds, Path(tmp), tokens, clock)
             fp32, bf16, one, many = r["train fp32"], r["train bf16"], r["eval B=1"], r["eval batched"]
             print(f"{name:18} {cfg.model.name:12} {tokens:8,} {r['segments']:3} {r['reruns']:6} {fp32:10,.0f} "
                   f"{bf16:10,.0f} {one:9,.0f} {many:9,.0f} {many / one:8.2f} {many / fp32:6.2f} {many / bf16:6.2f}",

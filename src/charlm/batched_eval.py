@@ -22,6 +22,7 @@ same precision; docs/evaluation.md gives the measured effect on the perplexity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,11 @@ import torch.nn.functional as F
 from charlm.distributed import state_batch_dims
 
 LOGIT_FLOATS = 1 << 22  # floats of (B, L, V) logits per forward call: 16 MB in fp32, whatever V is
-MAX_SEGMENTS = 256  # batch-256 LSTM steps cost ~1.2x batch-64 ones on a 2-core AVX-512 CPU
-WARMUP = 256  # tokens of warm-up for models without an exact history (see docs/evaluation.md)
-MIN_SEGMENT_WARMUPS = 1  # segments at least a warm-up long: a longer batch beats a smaller warm-up share
+MAX_SEGMENTS = 64  # an LSTM 1x512 forward is as efficient at B = 8..128 as it gets on a CPU
+WARMUP = 256  # twice what a trained LSTM needed (docs/evaluation.md); the self-check covers the rest
+# A step at batch B costs about (STEP_TOKENS + B) tokens' worth (a fixed part: weights read, Python,
+# kernel launches); the pass costs (W + n/B)·(STEP_TOKENS + B), least at B = √(STEP_TOKENS·n/W).
+STEP_TOKENS = 16
 ATOL = RTOL = 1e-4
 
 
@@ -66,7 +69,7 @@ def plan(model, n: int, vocab_size: int, segments: int | None = None, warmup: in
     exact = getattr(model, "eval_history", None)
     if exact is None:
         W = WARMUP if warmup is None else warmup
-        B = segments or max(1, min(MAX_SEGMENTS, budget, n // max(1, MIN_SEGMENT_WARMUPS * W)))
+        B = segments or max(1, min(MAX_SEGMENTS, budget, n // max(1, W), round(math.sqrt(STEP_TOKENS * n / max(1, W)))))
         S = -(-n // B)
         return 0, -(-n // S), S, min(W, S)
     step = getattr(model, "eval_segment_multiple", 1)  # a transformer's slide schedule: boundaries in phase
