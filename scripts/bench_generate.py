@@ -9,9 +9,12 @@ At each batch size and length it prints characters/s for:
   fp32   charlm.fastgen's step, the default (bit-for-bit the plain path's text);
   bf16, int8  the opt-in `generate --precision` weights of the recurrent step;
 and, at batch 1, "naive": re-running the whole text at every step (the lesson of carrying state).
+Before the table, the floor measured in the same run: a bare rnn 1x512 step (recurrent addmv +
+tanh + decoder addmv, no sampling, no Python beyond the loop) in steps/s; after it, every batch-1
+row's best rate as a share of that floor, so charlm generate / floor reads the same on any machine.
 Then the shipped gpt sizes against an lstm at batch 1: with one thread and with torch's, and where
 a gpt's time goes (re-running the window when it slides, the key/value cache's torch.cat).
-Goals (issue 14): rnn 1x512 >= 35,000 chars/s in fp32, lstm 1x512 >= 10,000 in its best precision,
+Goals: rnn 1x512 >= 35,000 chars/s in fp32, lstm 1x512 >= 10,000 in its best precision,
 both at batch 1 and flat in length.
 """
 
@@ -79,6 +82,23 @@ def rate(model, vocab, batch: int, length: int, repeats: int, clock, *, fast: bo
     return batch * length / best_time(run, repeats, clock)
 
 
+def floor_rate(steps: int, repeats: int, clock, hidden: int = 512, vocab: int = 28) -> float:
+    """Steps/s of the least a batch-1 rnn step can do: h = tanh(W_hh h + x_proj[id]), logits = W_hq h + b_q."""
+    torch.manual_seed(0)
+    x_proj, w_hh = torch.randn(vocab, hidden) * 0.05, torch.randn(hidden, hidden) * 0.05
+    w_hq, b_q = torch.randn(vocab, hidden) * 0.05, torch.zeros(vocab)
+    h, logits = torch.zeros(hidden), torch.empty(vocab)
+
+    def run():
+        nonlocal h
+        for t in range(steps):
+            h = torch.tanh(torch.addmv(x_proj[t % vocab], w_hh, h))
+            torch.addmv(b_q, w_hq, h, out=logits)
+
+    with torch.inference_mode():
+        return steps / best_time(run, repeats, clock)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -95,11 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     vocab = Vocab(["<unk>", " "] + list(string.ascii_lowercase), [0] + [1] * 27)
     print("\n".join(cpu_report()))
+    floor = floor_rate(200 if args.quick else 5000, repeats, clock)
+    print(f"floor: bare rnn 1x512 step (recurrent addmv + tanh + decoder addmv, no sampling): {floor:,.0f} steps/s")
     print(f"V={len(vocab)}, prefix {PREFIX!r}, strategy sample T=0.8, best of {repeats}, {args.clock} clock; "
           "chars/s, ratios to plain")
     print(f"{'model':<11} {'B':>3} {'length':>6} {'plain':>9} {'fp32':>9} {'bf16':>9} {'int8':>9} "
           f"{'fp32/plain':>10} {'best/plain':>10} {'naive':>7}")
-    verdicts = []
+    verdicts, floors = [], []
     for label, (name, options) in configs.items():
         torch.manual_seed(0)
         model, _ = build_model(name, len(vocab), **options)
@@ -114,11 +136,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{label:<11} {batch:>3} {length:>6} {plain:>9,.0f} " + " ".join(
                     f"{fast[p]:>9,.0f}" for p in PRECISIONS) + f" {fast['fp32'] / plain:>9.2f}x "
                       f"{max(fast.values()) / plain:>9.2f}x {naive_cell:>7}")
+                if batch == 1:
+                    floors.append(f"{label} B=1 length {length}: best {max(fast.values()):,.0f} chars/s = "
+                                  f"{max(fast.values()) / floor:.2f} of the floor")
                 if batch == 1 and label in GOALS:
                     goal, allowed = GOALS[label]
                     got, how = max((fast[p], p) for p in allowed)
                     verdicts.append(f"{label} B=1 length {length}: {got:,.0f} chars/s ({how}), goal >= {goal:,}: "
                                     + ("met" if got >= goal else "NOT met"))
+    for line in floors:
+        print("vs floor: " + line)
     for line in verdicts:
         print("goal: " + line)
     gpt_section(vocab, clock, repeats, args.quick)

@@ -69,6 +69,19 @@ def test_bench_precision_scores_both_precisions_on_the_full_validation_split(cap
     assert within == ("yes" if change <= 1 else "no")
 
 
+@pytest.mark.slow
+def test_bench_eval_prints_eval_and_training_rates_side_by_side(capsys):
+    load_script("bench_eval").main(["--quick", "--only", "tiny"])
+    preamble, rows = table_rows(capsys.readouterr().out, "config")
+    assert any(line.startswith("cpu: ") for line in preamble)
+    assert [row[:3] for row in rows] == [["tiny", "rnn", "3,000"]]
+    fp32, bf16, one, many, speedup, vs_fp32, vs_bf16 = (number(cell) for cell in rows[0][5:12])
+    assert min(fp32, bf16, one, many) > 0
+    assert speedup == pytest.approx(many / one, rel=0.01, abs=0.01)
+    assert vs_fp32 == pytest.approx(many / fp32, rel=0.01, abs=0.01)
+    assert vs_bf16 == pytest.approx(many / bf16, rel=0.01, abs=0.01)
+
+
 def test_check_goals_covers_the_issue_goals_and_beating_means_strictly_below():
     goals = {g.config: g for g in load_script("check_goals").GOALS}
     assert {name: (g.seconds, g.nats) for name, g in goals.items() if not g.strict} == {
@@ -98,6 +111,11 @@ def test_bench_generate_prints_each_precision_against_the_plain_forward(capsys):
     out, gpt_section = capsys.readouterr().out.split("\ngpt against lstm", 1)
     preamble, rows = table_rows(out, "model")
     assert any(line.startswith("cpu: ") for line in preamble)
+    floor = next(line for line in preamble if line.startswith("floor: bare rnn 1x512 step"))
+    assert number(floor.split(": ")[-1].split()[0]) > 0
+    ratios = [row for row in rows if row[:2] == ["vs", "floor:"]]
+    assert [row[2:6] for row in ratios] == [["rnn", "1x16", "B=1", "length"]] * 2
+    rows = [row for row in rows if row[0] == "rnn"]
     assert [row[:4] for row in rows] == [["rnn", "1x16", "1", "20"], ["rnn", "1x16", "1", "40"]]
     plain, fp32, bf16, int8, fp32_ratio, best_ratio = (number(cell.rstrip("x")) for cell in rows[0][4:10])
     assert min(plain, fp32, bf16, int8) > 0

@@ -80,9 +80,9 @@ def test_two_processes_train_like_one_and_resume_anywhere(workdir, one_thread):
     expected, got = rows(workdir / "one"), rows(workdir / "two")
     assert [r["step"] for r in got] == list(range(1, 9))  # rank 0 alone writes, no step twice
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
-    # Validation is split across ranks; each share starts from a fresh state, hence the looser match.
+    # Validation is split across ranks; each share starts from the state one pass reaches there.
     val = [(a["val_perplexity"], b["val_perplexity"]) for a, b in zip(expected, got) if "val_perplexity" in a]
-    assert len(val) == 2 and all(b == pytest.approx(a, rel=1e-2) for a, b in val)
+    assert len(val) == 2 and all(b == pytest.approx(a, rel=1e-4) for a, b in val)
 
     payload = load_checkpoint(workdir / "two" / "last.pt")
     assert payload["finished"] and payload["step"] == 8 and len(payload["rng_ranks"]) == 2

@@ -352,20 +352,19 @@ def test_a_kill_during_the_whole_split_score_leaves_a_summary_and_resume_complet
 
 
 def test_a_stop_request_ends_the_whole_split_pass_at_once(workdir, monkeypatch):
-    from charlm import evaluate
+    from charlm import batched_eval
 
-    stop, chunks, real_chunks = threading.Event(), [], evaluate._scored_chunks
+    stop, chunks, real_check = threading.Event(), [], batched_eval.check_stop
 
-    def counted(*args, **kwargs):
-        for chunk in real_chunks(*args, **kwargs):
-            chunks.append(stop.is_set())
-            yield chunk
+    def counted(event):  # called before each chunk of the pass
+        chunks.append(stop.is_set())
+        real_check(event)
 
     def on_event(kind, info):
         if kind == "note" and "whole validation split" in info["message"]:
             stop.set()  # SIGTERM during the pass
 
-    monkeypatch.setattr(evaluate, "_scored_chunks", counted)
+    monkeypatch.setattr(batched_eval, "check_stop", counted)
     result = train(tiny(), run_dir="t", stop=stop, on_event=on_event)
     assert result.status == "finished" and result.best_val_perplexity is None
     assert chunks.count(True) == 1  # one chunk of the pass, then it stopped (the split has several)

@@ -41,6 +41,13 @@ def state_batch_dims(model: torch.nn.Module):
     return dims(model.init_state(1, "cpu"), model.init_state(2, "cpu"))
 
 
+def _row(state, index: int, dims):
+    """Row `index` of a batched state, on the model's side of the collective."""
+    if isinstance(state, torch.Tensor):
+        return state.narrow(dims, index, 1)
+    return tuple(_row(s, index, d) for s, d in zip(state, dims))
+
+
 @dataclass
 class Dist:
     """One process's view of the job; a single process is the world_size == 1 case of it."""
@@ -118,17 +125,23 @@ class Dist:
     def evaluate(self, model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> float:
         """Validation perplexity; each rank scores one contiguous share and the NLL sums are reduced.
 
-        Shares overlap by one token so every target is scored exactly once, but each share starts
-        from a fresh state: with N ranks the score differs slightly from one pass (N - 1 cold starts).
+        Shares overlap by one token so every target is scored exactly once; each share starts from
+        the state one pass reaches there (charlm.batched_eval.score_share), so the score equals one pass.
         """
-        from charlm.evaluate import evaluate_ids
+        from charlm.evaluate import evaluate_ids, evaluate_share
 
         if not self.active or len(ids) < 2 * self.world_size:
             return evaluate_ids(model, ids, device=device).perplexity
         share = (len(ids) - 1) // self.world_size
         stop = len(ids) if self.rank == self.world_size - 1 else (self.rank + 1) * share + 1
-        result = evaluate_ids(model, ids[self.rank * share:stop], device=device)
-        totals = torch.tensor([result.nats_per_token * result.tokens, float(result.tokens)], dtype=torch.float64,
+        dims = state_batch_dims(model)
+
+        def previous(end_state):  # the end state of the rank before this one, gathered from all
+            rows = self.gather_state(end_state, dims)
+            return None if self.rank == 0 else _row(rows, self.rank - 1, dims)
+
+        nats = evaluate_share(model, ids, self.rank * share, stop, device, previous, self.agree)
+        totals = torch.tensor([nats, float(stop - self.rank * share - 1)], dtype=torch.float64,
                               device=self._collective_device())
         torch_dist.all_reduce(totals)
         try:

@@ -139,7 +139,7 @@ def generate_from_checkpoint(checkpoint=None, *, device: str = "cpu", check_nove
 
 
 # score prints (or lists in JSON) every character with its surprisal: past this it is no longer
-# something to read, and a recurrent model scores only ~30k tokens/s on one CPU stream.
+# something to read (the scoring itself is batched, see charlm.batched_eval; printing is the limit).
 MAX_SCORE_CHARS = 100_000
 
 

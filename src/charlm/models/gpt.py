@@ -138,6 +138,25 @@ class GPT(nn.Module):
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, dtype=dtype, device=device)
         return [empty] * (2 * self.num_layers)
 
+    def eval_history(self, position: int) -> int:
+        """How many tokens the window holds after `position` tokens of a text fed from init_state.
+
+        Replaying those tokens from an empty window rebuilds the window and its cache exactly
+        (batched_eval's segment starts): it fills to `context`, then each slide keeps
+        context − stride tokens and refills `stride` more.
+        """
+        if position <= self.context:
+            return position
+        return self.context - self.stride + (position - self.context - 1) % self.stride + 1
+
+    @property
+    def eval_min_segment(self) -> int:
+        return self.context
+
+    @property
+    def eval_segment_multiple(self) -> int:
+        return self.stride  # segment starts in the same phase of the slide schedule: equal windows
+
     def forward(self, ids: torch.Tensor, state: GPTState | None = None) -> tuple[torch.Tensor, GPTState]:
         """ids (B, T) → logits (B, T, V) and the window after the last token; T may exceed context."""
         B, T = ids.shape

@@ -41,6 +41,14 @@ class WindowMLP(nn.Module):
         shape = (batch_size, self.context)
         return torch.full(shape, self.padding_id, dtype=torch.long, device=device)
 
+    def eval_history(self, position: int) -> int:
+        """Tokens before `position` that rebuild the state there from init_state: the window (batched_eval)."""
+        return min(position, self.context)
+
+    @property
+    def eval_min_segment(self) -> int:
+        return self.context
+
     def forward(
         self, ids: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

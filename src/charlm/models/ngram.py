@@ -110,6 +110,14 @@ class NGramLM(nn.Module):
             (batch_size, self.order - 1), self.padding_id, dtype=torch.long, device=device
         )
 
+    def eval_history(self, position: int) -> int:
+        """Tokens before `position` that rebuild the state there from init_state: n − 1 (batched_eval)."""
+        return min(position, self.order - 1)
+
+    @property
+    def eval_min_segment(self) -> int:
+        return self.order - 1
+
     @torch.no_grad()
     def forward(
         self, ids: torch.Tensor, state: torch.Tensor | None = None
