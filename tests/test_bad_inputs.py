@@ -281,6 +281,18 @@ MISMATCHED = [
 
 
 CASES = [
+    # ---------------------------------------------------------------- plan (and train's budget)
+    case("plan-missing-file", "plan nope.txt --steps 100", "no such file or built-in dataset: nope.txt"),
+    case("plan-empty-file", "plan empty.txt --steps 100", "empty.txt is empty", write("empty.txt", b"")),
+    case("plan-binary-file", "plan bin.txt --steps 100", "looks binary", write("bin.txt", BINARY)),
+    case("plan-no-budget", "plan small.txt", "give the planner one budget: --time DURATION or --steps N"),
+    case("plan-two-budgets", "plan small.txt --time 5m --steps 100", "give the planner one budget"),
+    case("plan-not-a-duration", "plan small.txt --time soon", "'soon' is not a duration"),
+    case("plan-zero-duration", "plan small.txt --time 0s", "must be a positive duration"),
+    case("plan-zero-steps", "plan small.txt --steps 0", "--steps must be at least 1"),
+    case("plan-too-few-steps", "plan small.txt --steps 1", "the shortest sensible budget is"),
+    case("train-budget-without-a-text", "train --time 5m", "plan a run for a text"),
+    case("train-budget-not-a-duration", "train small.txt --time 5minutes", "'5minutes' is not a duration"),
     # ---------------------------------------------------------------- preprocess
     case("preprocess-missing-file", "preprocess nope.txt", "no such file or built-in dataset: nope.txt"),
     case("preprocess-unknown-dataset", "preprocess wikitext103", "built-in datasets: timemachine, tinyshakespeare"),
