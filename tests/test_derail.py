@@ -59,6 +59,7 @@ def test_a_large_vocabulary_is_sampled_the_same_way_every_time():
     assert pairs.min() == 1 and pairs.max() == 100
     np.testing.assert_array_equal(pairs, start_pairs(101, 5000))
     assert len(start_pairs(101, 10**6)) == 100 * 100
+    assert len(start_pairs(20_001, 5000)) == 5000  # 4·10⁸ pairs: sampled without listing them
 
 
 def test_the_text_starts_at_the_first_line_start():

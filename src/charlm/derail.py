@@ -9,7 +9,6 @@ the starts whose perplexity on that text exceeds the vocabulary size V (the unif
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -44,12 +43,11 @@ class DerailResult:
 
 def start_pairs(vocab_size: int, max_starts: int, seed: int = 0) -> np.ndarray:
     """(n, 2) ids: every ordered pair of tokens 1..V-1, or a seeded sample of `max_starts` of them."""
-    ids = range(1, vocab_size)
-    pairs = np.array(list(itertools.product(ids, ids)), dtype=np.int64).reshape(-1, 2)
-    if len(pairs) > max_starts:
-        pick = np.random.default_rng(seed).choice(len(pairs), size=max_starts, replace=False)
-        pairs = pairs[np.sort(pick)]
-    return pairs
+    n = vocab_size - 1
+    index = np.arange(n * n, dtype=np.int64)
+    if n * n > max_starts:  # a word vocabulary has ~10⁸ pairs: draw indices, never list the pairs
+        index = np.sort(np.random.default_rng(seed).choice(n * n, size=max_starts, replace=False))
+    return np.stack([index // n + 1, index % n + 1], axis=1)
 
 
 def natural_text(val: np.ndarray, newline_id: int | None, length: int) -> np.ndarray:
