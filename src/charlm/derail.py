@@ -82,12 +82,16 @@ def row_perplexities(model: torch.nn.Module, starts: np.ndarray, text: np.ndarra
     return torch.cat(out).numpy()
 
 
+def check_options(length: int = DEFAULT_TEXT_TOKENS, max_starts: int = DEFAULT_MAX_STARTS, top: int = 10, **_) -> None:
+    if length < 2 or max_starts < 1 or top < 0:
+        raise DataError(f"need length ≥ 2, max starts ≥ 1 and top ≥ 0; got {length}, {max_starts}, {top}")
+
+
 def check_starts(model: torch.nn.Module, vocab, val: np.ndarray, length: int = DEFAULT_TEXT_TOKENS,
                  max_starts: int = DEFAULT_MAX_STARTS, top: int = 10, device: torch.device | str = "cpu",
                  seed: int = 0) -> DerailResult:
     """Score the validation text after every two-token start; count those worse than uniform."""
-    if length < 2 or max_starts < 1 or top < 0:
-        raise DataError(f"need length ≥ 2, max starts ≥ 1 and top ≥ 0; got {length}, {max_starts}, {top}")
+    check_options(length, max_starts, top)
     V = len(vocab)
     newline = vocab.id_of("\n") if "\n" in vocab else None
     text = natural_text(val, newline, length)
@@ -104,6 +108,7 @@ def check_checkpoint(checkpoint=None, device: str = "cpu", **options) -> DerailR
     """`check_starts` on a run folder or checkpoint, over its own validation split."""
     from charlm.inference import _load, _model_device, training_ids
 
+    check_options(**options)  # before loading anything
     loaded = _load(checkpoint, device)
     val = training_ids(loaded, "val")
     if len(val) < 2:
