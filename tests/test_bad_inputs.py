@@ -407,6 +407,8 @@ CASES = [
          "has checkpoint format 99, this charlm reads format 1"),
     # ---------------------------------------------------------------- evaluate
     case("evaluate-checkpoint-missing", "evaluate --checkpoint nope.pt", "checkpoint not found: nope.pt"),
+    case("starts-checkpoint-missing", "starts --checkpoint nope.pt", "checkpoint not found: nope.pt"),
+    case("starts-length-one", "starts --checkpoint nope.pt --length 1", "need length ≥ 2"),
     case("evaluate-checkpoint-truncated", "evaluate --checkpoint truncated.pt", "truncated.pt is corrupt or truncated"),
     case("evaluate-checkpoint-other-format", "evaluate --checkpoint future.pt", "has checkpoint format 99"),
     case("evaluate-checkpoint-is-text", "evaluate --checkpoint small.txt", "small.txt is not a charlm checkpoint"),

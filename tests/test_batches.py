@@ -111,3 +111,28 @@ def test_every_position_at_most_once_per_epoch(n, batch, steps, epoch, name):
     seen = np.concatenate([x.ravel() for x, _ in sampler.epoch(epoch)])
     assert len(seen) == len(np.unique(seen)) == sampler.tokens_per_epoch()
     assert seen.max() < n - 1  # every input has a target
+
+
+def test_fresh_rows_are_a_pure_function_of_seed_epoch_and_batch_and_split_across_ranks():
+    ids = np.arange(5000)
+    sampler = make_sampler("sequential", ids, 8, 10, seed=4, state_reset=0.3)
+    again = make_sampler("sequential", ids, 8, 10, seed=4, state_reset=0.3)
+    draws = [sampler.fresh_rows(e, b) for e in range(2) for b in range(20)]
+    assert all(np.array_equal(a, again.fresh_rows(e, b)) if a is not None else again.fresh_rows(e, b) is None
+               for a, (e, b) in zip(draws, [(e, b) for e in range(2) for b in range(20)]))
+    chosen = np.concatenate([d if d is not None else np.zeros(8, bool) for d in draws])
+    assert 0.15 < chosen.mean() < 0.45  # about state_reset of the rows
+    # Two ranks draw the same global rows and each keeps its own half.
+    halves = [make_sampler("sequential", ids, 8, 10, seed=4, rank=r, world_size=2, state_reset=0.3) for r in (0, 1)]
+    for b in range(20):
+        whole = sampler.fresh_rows(1, b)
+        parts = [h.fresh_rows(1, b) for h in halves]
+        parts = [p if p is not None else np.zeros(4, bool) for p in parts]
+        np.testing.assert_array_equal(whole if whole is not None else np.zeros(8, bool), np.concatenate(parts))
+
+
+def test_no_fresh_rows_without_carried_state_or_at_rate_zero():
+    ids = np.arange(5000)
+    assert make_sampler("random", ids, 8, 10, seed=0, state_reset=1.0).fresh_rows(0, 3) is None
+    assert make_sampler("sequential", ids, 8, 10, seed=0, state_reset=0.0).fresh_rows(0, 3) is None
+    assert make_sampler("sequential", ids, 8, 10, seed=0, state_reset=1.0).fresh_rows(0, 3).all()

@@ -31,6 +31,7 @@ def test_defaults_and_overrides_are_typed():
     ({}, ["model.dropout=1"], "model.dropout: 1.0 is out of range [0.0, 1.0)"),
     ({}, ["data.batch_size=0"], "data.batch_size: 0 is out of range"),
     ({}, ["data.num_steps=-3"], "data.num_steps: -3 is out of range"),
+    ({}, ["data.state_reset=1.5"], "data.state_reset: 1.5 is out of range [0.0, 1.0]"),
     ({}, ["data.normalize=lowr"], "did you mean 'lower'?"),
     ({}, ["optim.lr=0"], "optim.lr: 0.0 is out of range (0.0, inf]"),
     ({}, ["train.max_time=nan"], "train.max_time: nan is out of range"),

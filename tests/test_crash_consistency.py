@@ -22,13 +22,13 @@ from cli_helpers import invoke, one_error_line
 
 pytestmark = pytest.mark.slow
 
-# The whole validation split is ~8 chunks of 512 tokens; evaluations during training score one chunk.
+# Evaluations during training score a 200-token sample; the final pass scores the whole split.
 CONFIG = ("data: {corpus: small.txt, normalize: none, batch_size: 4, num_steps: 8}\n"
           "model: {name: rnn, hidden_size: 16, embedding_dim: 8}\n"
           "train: {max_steps: 12, eval_every: 4, log_every: 2, eval_tokens: 200, device: cpu}\n")
 
 # Runs charlm's CLI and SIGKILLs it at the nth event matching KILL_ON="regex:n"; the events are the
-# writes charlm makes (fsync of a temp file, rename, append) and the chunks it scores.
+# writes charlm makes (fsync of a temp file, rename, append), the evaluation passes and the chunks they score.
 DRIVER = r"""
 import os, re, signal, sys
 pattern, nth = os.environ["KILL_ON"].rsplit(":", 1)
@@ -47,25 +47,30 @@ os.fsync = watch("fsync", os.fsync, lambda fd: os.readlink(f"/proc/self/fd/{fd}"
 os.replace = watch("replace", os.replace, lambda src, dst: str(dst))
 import charlm.safe_write as sw
 sw.append_line = watch("append", sw.append_line, lambda path, line: str(path))
+import charlm.batched_eval as be
 import charlm.evaluate as ev
-real_chunks = ev._scored_chunks
-def chunks(*args, **kwargs):
-    for chunk in real_chunks(*args, **kwargs):
-        event("score chunk")
-        yield chunk
-ev._scored_chunks = chunks
+real_check = be.check_stop
+def check_stop(stop):  # before every chunk an evaluation scores, batched or not
+    event("score chunk")
+    return real_check(stop)
+be.check_stop = ev.check_stop = check_stop
+real_evaluate = ev.evaluate_ids
+def evaluate_ids(*args, **kwargs):
+    event("score pass")
+    return real_evaluate(*args, **kwargs)
+ev.evaluate_ids = evaluate_ids
 from charlm.cli import main
 sys.argv = ["charlm", *sys.argv[1:]]
 main()
 """
 
-EVALS = 3  # steps 4, 8 and 12: one chunk each; the final whole-split pass's chunks come after
+EVALS = 3  # steps 4, 8 and 12; the final whole-split pass comes after
 POINTS = {
     "config.yaml": "fsync .*config.yaml:1",  # before any checkpoint: a resume refuses in one line
     "metrics-append": "append .*metrics.jsonl:5",  # after step 8's checkpoint, before its row
     "last.pt": "fsync .*last.pt:2",
     "summary-before-score": "fsync .*summary.json:1",
-    "final-score": f"score chunk:{EVALS + 2}",
+    "final-score": f"score pass:{EVALS + 1}",
     "summary-after-score": "fsync .*summary.json:2",
 }
 # A resume's rewrites, in the folder left by "metrics-append": the metrics without the rows it redoes, config.yaml.

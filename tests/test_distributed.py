@@ -19,7 +19,7 @@ from charlm.models import build_model, model_options
 from charlm.train import train
 
 RAW = {"data": {"corpus": "corpus.txt", "normalize": "letters", "sampling": "sequential", "batch_size": 4,
-                "num_steps": 12},
+                "num_steps": 12, "state_reset": 0.3},  # rows restart mid-run: each rank must take its own
        "model": {"name": "lstm", "hidden_size": 24, "embedding_dim": 8, "dropout": 0.0},
        "optim": {"lr": 0.01},
        "train": {"max_steps": 8, "eval_every": 4, "log_every": 1, "eval_tokens": 400, "device": "cpu"}}

@@ -13,6 +13,7 @@ from charlm.models import (
     detach_state,
     model_options,
     register_model,
+    restart_rows,
 )
 
 VOCAB = 11
@@ -173,6 +174,26 @@ def test_detach_state_cuts_history_and_keeps_structure(name):
     # detaching does not copy: values are the same tensors' data
     originals = [state] if isinstance(state, torch.Tensor) else list(state)
     assert all(p.data_ptr() == o.data_ptr() for p, o in zip(parts, originals))
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "rnn_scratch"])
+def test_restart_rows_gives_chosen_rows_the_initial_state_and_keeps_the_others(name):
+    from charlm.distributed import state_batch_dims
+
+    model, _ = make_model(name)
+    model.eval()
+    ids = random_ids(batch=3)
+    _, carried = model(ids)
+    rows = torch.tensor([False, True, False])
+    state = restart_rows(carried, model.init_state(3), rows, state_batch_dims(model))
+    # Row 1 now reads the next text as a fresh start would; rows 0 and 2 as if nothing happened.
+    nxt = random_ids(batch=3, seed=2)
+    restarted, _ = model(nxt, state)
+    fresh, _ = model(nxt[1:2])
+    kept, _ = model(nxt, carried)
+    torch.testing.assert_close(restarted[1], fresh[0])
+    torch.testing.assert_close(restarted[[0, 2]], kept[[0, 2]])
+    assert not torch.allclose(restarted[1], kept[1])
 
 
 def test_detach_state_handles_none_and_nesting():

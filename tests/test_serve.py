@@ -1,6 +1,7 @@
 """Tests for charlm.serve: the JSON API answers like the CLI, and bad requests get one 4xx line."""
 
 import json
+import time
 import shutil
 import socket
 
@@ -276,8 +277,14 @@ def test_an_abandoned_non_streaming_generate_stops(client, monkeypatch):
     real = charlm.inference.generate_from_checkpoint
 
     def recorded(*args, **kwargs):
+        on_token = kwargs["on_token"]
+
+        def slow(step, tokens):  # a long generation, however fast this machine decodes
+            time.sleep(0.002)
+            on_token(step, tokens)
+
         try:
-            run = real(*args, **kwargs)
+            run = real(*args, **{**kwargs, "on_token": slow})
             endings.append("completed")
             return run
         except BaseException as exc:

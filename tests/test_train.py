@@ -94,9 +94,11 @@ def test_same_seed_same_losses(workdir):
     assert losses(workdir / "a") != losses(workdir / "c")
 
 
-@pytest.mark.parametrize("sampling, model", [("random", "rnn"), ("sequential", "lstm"), ("random", "gpt")])
-def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
-    options = [f"data.sampling={sampling}", f"model.name={model}"]
+@pytest.mark.parametrize("sampling, model, reset", [("random", "rnn", 0), ("sequential", "lstm", 0),
+                                                    ("sequential", "lstm", 0.5), ("random", "gpt", 0)])
+def test_resume_continues_as_if_never_stopped(workdir, sampling, model, reset):
+    # state_reset 0.5: rows restart from the initial state mid-epoch, on both sides of the stop
+    options = [f"data.sampling={sampling}", f"model.name={model}", f"data.state_reset={reset}"]
     options += ["model.context=12", "model.num_heads=2"] if model == "gpt" else []
     cfg = tiny(*options, "train.max_steps=16", "train.eval_every=4")
     train(cfg, run_dir="whole", handle_signals=False)
@@ -106,6 +108,40 @@ def test_resume_continues_as_if_never_stopped(workdir, sampling, model):
     assert losses(workdir / "whole") == losses(workdir / "split")
     a, b = load_checkpoint("whole/last.pt")["model"], load_checkpoint("split/last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("model", ["lstm", "rnn_scratch"])
+def test_sequential_training_restarts_the_drawn_rows_from_the_initial_state(workdir, monkeypatch, model):
+    """Carried state alone never shows a model its initial state after the first batch; every prompt starts there."""
+    from charlm.data.batches import make_sampler
+    from charlm.models import recurrent, rnn_scratch
+
+    seen = []
+    cls = recurrent.RecurrentLM if model == "lstm" else rnn_scratch.RNNScratch
+    forward = cls.forward
+
+    def spy(self, ids, state=None):
+        if self.training:
+            h = None if state is None else (state[0] if isinstance(state, tuple) else state)
+            seen.append(None if h is None else (h.reshape(-1, ids.shape[0], h.shape[-1]) == 0).all(-1).all(0))
+        return forward(self, ids, state)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    for reset in (0.0, 0.5):
+        seen.clear()
+        cfg = tiny("data.sampling=sequential", f"model.name={model}", f"data.state_reset={reset}",
+                   "train.max_steps=8")
+        train(cfg, run_dir=f"r{reset}", handle_signals=False)
+        sampler = make_sampler("sequential", [0] * 30000, 4, 12, 0, state_reset=reset)
+        expected = [sampler.fresh_rows(0, b) for b in range(1, 8)]
+        assert seen[0] is None  # the epoch's first batch starts from the initial state
+        got = [rows.numpy() for rows in seen[1:8]]
+        if reset == 0:
+            assert not any(rows.any() for rows in got)
+        else:
+            assert sum(rows.sum() for rows in got) >= 4
+            for rows, want in zip(got, expected):
+                assert (rows == (want if want is not None else False)).all()
 
 
 def test_best_pt_after_resume_holds_the_best_val_perplexity(tmp_path, monkeypatch, tiny_text):

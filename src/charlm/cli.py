@@ -317,6 +317,31 @@ def score(
     print_surprisal(out, result)
 
 
+@app.command(epilog="Examples: charlm starts\n\ncharlm starts -C runs/shakespeare_lstm --json")
+@friendly
+def starts(
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", "-C", help="Run folder or checkpoint file; default: the most recent run."),
+    length: int = typer.Option(64, help="Validation tokens scored after each start."),
+    max_starts: int = typer.Option(5000, "--max-starts", help="Score all pairs up to this many, a sample beyond."),
+    top: int = typer.Option(10, help="Worst starts to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+) -> None:
+    """Check every two-token start: validation text after it scored worse than uniform means derailed (exit 1)."""
+    from charlm.derail import check_checkpoint
+
+    result = check_checkpoint(checkpoint, device=device, length=length, max_starts=max_starts, top=top)
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        from charlm.report import print_starts
+
+        print_starts(out, result)
+    if result.derailed:
+        raise typer.Exit(1)
+
+
 @app.command(epilog="Examples: charlm serve runs/rnn\n\ncharlm serve runs/rnn runs/lstm --port 8001")
 @friendly
 def serve(

@@ -21,6 +21,9 @@ class DataConfig:
     normalize: Literal["none", "lower", "letters"] = "none"
     level: Literal["char", "word"] = "char"
     sampling: str = "random"
+    # sequential only: the share of rows whose carried state restarts from the initial state at each
+    # batch, so the model also learns to read text from there, as a prompt does (charlm.derail)
+    state_reset: float = field(default=0.05, metadata=bounded(0.0, 1.0))
     batch_size: int = field(default=32, metadata=bounded(1))
     num_steps: int = field(default=35, metadata=bounded(1))
     val_fraction: float = field(default=0.1, metadata=bounded(0.0, 0.5))

@@ -19,7 +19,7 @@ from charlm.config import RunConfig
 from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
 from charlm.errors import CharLMError, CheckpointError
-from charlm.models import detach_state
+from charlm.models import detach_state, restart_rows
 from charlm.precision import resolve_precision
 from charlm.result import ScoringStopped, TrainResult, score_whole_split
 from charlm.resume import capture_streams, restore_streams
@@ -75,7 +75,7 @@ class Trainer:
         if not self.trainable:
             return
         self.sampler = make_sampler(cfg.data.sampling, corpus.train, cfg.data.batch_size, cfg.data.num_steps,
-                                    cfg.train.seed, self.dist.rank, self.dist.world_size)
+                                    cfg.train.seed, self.dist.rank, self.dist.world_size, cfg.data.state_reset)
         check_training = getattr(model, "check_training", None)  # a model's own limits on batches
         if check_training is not None:
             check_training(cfg.data.num_steps, self.sampler.carries_state)
@@ -143,6 +143,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         state = self.state if self.sampler.carries_state else None
+        fresh = self.sampler.fresh_rows(self.epoch, self.batch) if state is not None else None
+        if fresh is not None:  # some rows start afresh, as every prompt does
+            rows = torch.from_numpy(fresh).to(self.device)
+            state = restart_rows(state, self.model.init_state(len(fresh), self.device), rows, self.state_dims)
         with self.autocast:
             logits, state = self.net(x, state)  # (B, T, V)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))

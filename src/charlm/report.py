@@ -220,6 +220,20 @@ def print_evaluation(console: Console, result, data: str) -> None:
     console.print(table)
 
 
+def print_starts(console: Console, result) -> None:
+    """`charlm starts`: how many two-token starts derail the model, and the worst of them."""
+    sampled = "" if result.starts == result.possible_starts else f" (a sample of {result.possible_starts:,})"
+    console.print(f"{result.derailed:,} of {result.starts:,} starts{sampled} score the next "
+                  f"{len(result.text)} characters worse than uniform (perplexity > {result.vocab_size}); "
+                  f"median perplexity {result.median_perplexity:.2f}")
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("start")
+    table.add_column("perplexity", justify="right")
+    for start, perplexity in result.worst:
+        table.add_row(escape(repr(start)), f"{perplexity:,.2f}")
+    console.print(table)
+
+
 def print_configs(console: Console, configs) -> None:
     """`charlm configs`: each shipped config's name and what it trains."""
     table = Table(show_header=True, box=None, pad_edge=False)

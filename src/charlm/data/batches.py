@@ -25,8 +25,10 @@ def available_samplings() -> list[str]:
 
 
 def make_sampler(name: str, ids: np.ndarray, batch_size: int, num_steps: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> "BatchSampler":
-    return _STRATEGIES.get(name, key="data.sampling")(ids, batch_size, num_steps, seed, rank, world_size)
+                 rank: int = 0, world_size: int = 1, state_reset: float = 0.0) -> "BatchSampler":
+    sampler = _STRATEGIES.get(name, key="data.sampling")(ids, batch_size, num_steps, seed, rank, world_size)
+    sampler.state_reset = state_reset
+    return sampler
 
 
 class BatchSampler:
@@ -39,6 +41,7 @@ class BatchSampler:
 
     name = "?"
     carries_state = False
+    state_reset = 0.0  # the share of rows whose carried state restarts at each batch (see fresh_rows)
 
     def __init__(self, ids: np.ndarray, batch_size: int, num_steps: int, seed: int,
                  rank: int = 0, world_size: int = 1):
@@ -60,6 +63,19 @@ class BatchSampler:
 
     def batches_per_epoch(self) -> int:
         raise NotImplementedError
+
+    def fresh_rows(self, epoch: int, batch: int) -> np.ndarray | None:
+        """This rank's rows (bool, local_batch) whose carried state restarts before `batch`, or None.
+
+        Carried state alone, a model meets its initial state once an epoch and never learns to read
+        from it, yet every prompt starts there. Each row restarts with probability `state_reset`,
+        drawn for the global batch from (seed, epoch, batch): resume and any world size agree.
+        """
+        if not self.carries_state or self.state_reset <= 0:
+            return None
+        draw = np.random.default_rng([self.seed, epoch, batch, 1]).random(self.batch_size)
+        rows = (draw < self.state_reset)[self.local_rows]
+        return rows if rows.any() else None
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError

@@ -77,6 +77,16 @@ def detach_state(state: State) -> State:
     raise TypeError(f"cannot detach a state of type {type(state).__name__}")
 
 
+def restart_rows(state: State, fresh: State, rows: torch.Tensor, dims) -> State:
+    """`state` with the batch rows where `rows` (bool, B) is true taken from `fresh` (an init_state);
+    `dims` gives each leaf's batch dim (charlm.distributed.state_batch_dims)."""
+    if isinstance(state, torch.Tensor):
+        shape = [1] * state.dim()
+        shape[dims] = -1
+        return torch.where(rows.view(shape), fresh.to(state.dtype), state)
+    return type(state)(restart_rows(s, f, rows, d) for s, f, d in zip(state, fresh, dims))
+
+
 # Imported last so their @register_model calls find the registry defined above.
 from charlm.models import gpt, mlp, ngram, recurrent, rnn_scratch  # noqa: E402, F401
 
