@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -13,7 +11,7 @@ import torch
 
 from charlm import __version__
 from charlm.config import RunConfig, config_from_dict
-from charlm.data.vocab import Vocab
+from charlm.data.vocab import Vocab, vocab_digest
 from charlm.errors import CharLMError, CheckpointError
 from charlm.safe_write import WriteError, replacing, write_atomic
 
@@ -113,13 +111,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             raise
         raise CheckpointError(f"could not write checkpoint {path}: {cause}; "
                               "the previous checkpoint is untouched") from None
-
-
-def vocab_digest(vocab: dict[str, Any]) -> str:
-    """The identity of a vocabulary (Vocab.to_dict()): its level and its tokens in id order."""
-    text = json.dumps({"level": vocab.get("level", "char"), "tokens": list(vocab["tokens"])},
-                      ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def check_same_vocab(trained: dict[str, Any], recorded: str | None, checkpoint: str | Path, data_vocab: Vocab,

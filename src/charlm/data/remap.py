@@ -11,8 +11,6 @@ reads exactly the ids it started with.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.data.corpus import PreparedCorpus, is_prepared, load_corpus, write_corpus
-from charlm.data.vocab import UNK, Vocab
+from charlm.data.vocab import UNK, Vocab, vocab_digest
 from charlm.errors import DataError
 
 
@@ -31,12 +29,6 @@ class Remapped:
     unknown_tokens: int  # training and validation tokens that became <unk> for that
 
 
-def vocab_sha256(vocab: Vocab) -> str:
-    """As charlm.checkpoint.vocab_digest (not imported: that module imports torch)."""
-    text = json.dumps({"level": vocab.level, "tokens": list(vocab.tokens)}, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def id_table(source: Vocab, target: Vocab) -> np.ndarray:
     """For each id of `source`, the id of the same token in `target` (<unk>, id 0, where it lacks it)."""
     return np.array([target.id_of(t) if t in target else 0 for t in source.tokens], dtype=np.int64)
@@ -45,7 +37,7 @@ def id_table(source: Vocab, target: Vocab) -> np.ndarray:
 def in_vocabulary(corpus: PreparedCorpus, vocab: Vocab, what: str = "--init-from",
                   on_note: Callable[[str], None] | None = None) -> Remapped:
     """`corpus` with its ids in `vocab`; the corpus itself when it already uses `vocab`."""
-    if vocab_sha256(corpus.vocab) == vocab_sha256(vocab):
+    if vocab_digest(corpus.vocab.to_dict()) == vocab_digest(vocab.to_dict()):
         return Remapped(corpus, [], 0)
     if corpus.vocab.level != vocab.level:
         raise DataError(f"{what}: the model reads {vocab.level} tokens but {corpus.folder} holds "
@@ -57,7 +49,7 @@ def in_vocabulary(corpus: PreparedCorpus, vocab: Vocab, what: str = "--init-from
     missing = [corpus.vocab.tokens[i] for i in np.argsort(-counts) if lost[i]]
     unknown = int(counts[lost].sum())
     folder = Path(corpus.folder)
-    out = folder.with_name(f"{folder.name}-in-{vocab_sha256(vocab)[:10]}")
+    out = folder.with_name(f"{folder.name}-in-{vocab_digest(vocab.to_dict())[:10]}")
     remapped = _reuse(out, corpus, vocab)
     if remapped is None:
         stats = {"remapped_from": str(folder), "source_sha256": corpus.meta.get("source_sha256"),

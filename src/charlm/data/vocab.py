@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -194,3 +195,10 @@ def encode_text(vocab: Vocab, text: str, normalize: str = "none") -> EncodedText
         ids = np.array(vocab.encode(tokens), dtype=vocab.dtype)
         unknown = vocab.unknown(tokens)
     return EncodedText(text, ids, unknown)
+
+
+def vocab_digest(vocab: Mapping) -> str:
+    """The identity of a vocabulary (Vocab.to_dict()): its level and its tokens in id order."""
+    text = json.dumps({"level": vocab.get("level", "char"), "tokens": list(vocab["tokens"])},
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
