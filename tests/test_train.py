@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from charlm.checkpoint import load_checkpoint, load_model
-from charlm.config import build_config
+from charlm.config import build_config, load_config
 from charlm.data.corpus import load_corpus
 from charlm.errors import CharLMError, CheckpointError, ConfigError
 from charlm.models import model_options
@@ -431,3 +432,19 @@ def test_ctrl_c_saves_without_an_extra_evaluation_and_the_resumed_run_continues_
         if row["step"] in rows and row["step"] != 4:  # step 4's window began at the cut
             assert row["loss"] == rows[row["step"]]["loss"] and row.get("val_perplexity") == rows[row["step"]].get(
                 "val_perplexity")
+
+
+def test_a_run_saved_before_row_restarts_existed_resumes_without_them(workdir):
+    """Its checkpoint and config.yaml lack data.state_reset: the default 0.05 would change its course."""
+    whole = train(tiny(data={"sampling": "sequential", "state_reset": 0.0}), run_dir="whole")
+    train(tiny(data={"sampling": "sequential", "state_reset": 0.0}, train={"max_steps": 6}), run_dir="old")
+    payload = torch.load("old/last.pt", weights_only=True)
+    del payload["config"]["data"]["state_reset"]
+    torch.save(payload, "old/last.pt")
+    config = yaml.safe_load((workdir / "old" / "config.yaml").read_text())
+    del config["data"]["state_reset"]
+    (workdir / "old" / "config.yaml").write_text(yaml.safe_dump(config))
+    resumed = train(load_config(workdir / "old" / "config.yaml", ["train.max_steps=12"]), run_dir="old", resume=True)
+    assert resumed.step == 12
+    old, new = load_checkpoint("old/last.pt"), load_checkpoint(whole.run_dir / "last.pt")
+    assert all(torch.equal(old["model"][k], new["model"][k]) for k in new["model"])

@@ -150,6 +150,9 @@ def _load_init(model: torch.nn.Module, model_args: dict[str, Any], start: dict[s
 
 
 def _resume_config(cfg: RunConfig, saved: dict[str, Any]) -> RunConfig:
+    if "state_reset" not in (saved.get("data") or {}):  # saved before restarts existed: it never restarted rows
+        saved = {**saved, "data": {**saved.get("data", {}), "state_reset": 0.0}}
+        cfg = cfg.replace("data", state_reset=0.0)
     forbidden = [k for k in changed_keys(config_from_dict(saved, name=cfg.name), cfg)
                  if k not in RESUMABLE_KEYS and k != "train.out"]
     if forbidden:
