@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_train import bench_cases, cpu_report, make_step, rate, vocab_of
+from bench_train import bench_cases, cpu_report, make_step, pick_clock, rate, vocab_of
 from charlm.batched_eval import ATOL, RTOL, _far, score_batched
 from charlm.distributed import state_batch_dims
 from charlm.evaluate import evaluate_ids
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         return warmup_profile(args.checkpoint, args.data)
     if args.quick:
         args.steps, args.rounds = 2, 1
-    clock = time.perf_counter
-    if args.clock == "cpu":
-        torch.set_num_threads(1)
-        clock = time.thread_time
+    clock = pick_clock(args.clock)
     for line in cpu_report():
         print(line)
     print(f"best of {args.rounds} alternating rounds, {args.clock} clock; random weights and ids; "

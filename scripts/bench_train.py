@@ -89,6 +89,14 @@ def bench_cases(only: str | None = None, quick: bool = False):
         yield name, cfg
 
 
+def pick_clock(kind: str):
+    """wall: time.perf_counter with torch's threads; cpu: one thread and its CPU seconds (shared machines)."""
+    if kind == "cpu":
+        torch.set_num_threads(1)
+        return time.thread_time
+    return time.perf_counter
+
+
 def vocab_of(cfg) -> int:
     return VOCAB.get((cfg.data.corpus, cfg.data.normalize), 66)
 
@@ -172,10 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 2, 1
-    clock = time.perf_counter
-    if args.clock == "cpu":
-        torch.set_num_threads(1)
-        clock = time.thread_time
+    clock = pick_clock(args.clock)
     for line in cpu_report():
         print(line)
     print(f"best of {args.rounds} alternating rounds of {args.steps} steps; random ids, each config's batch; "
