@@ -235,7 +235,8 @@ def test_plot_defaults_to_the_latest_run(trained):
 def test_train_without_a_config_asks_for_one(workdir):
     result = invoke("train", "--set", "train.max_steps=3")
     assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: give a config: `charlm train TEXT --config NAME`"), result.output
+    assert result.stderr.startswith("error: give a budget or a config: `charlm train TEXT --time 5m` plans one, "
+                                    "--config NAME takes a shipped one"), result.output
     assert sorted(p.name for p in workdir.iterdir()) == ["corpus.txt", "tiny.yaml"]  # nothing trained or written
 
 

@@ -149,15 +149,6 @@ def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool 
     return plan(profile, budget, speed, **rules)
 
 
-def budget_overrides(seconds: float | None, steps: int | None) -> list[str]:
-    """`--time`/`--steps` on a config: the budget replaces the config's own stopping rule."""
-    if seconds is not None:
-        return [f"train.max_time={seconds:g}", "train.max_steps=null", "train.epochs=null"]
-    if steps is not None:
-        return [f"train.max_steps={steps}", "train.max_time=null", "train.epochs=null"]
-    return []
-
-
 def planned_config(corpus: str, budget, overrides: list[str] | None = None, *, device: str = "auto",
                    recalibrate: bool = False, note=None):
     """(RunConfig, Plan): the plan for `corpus` as a run config named after the text, `overrides` on top."""

@@ -101,9 +101,8 @@ def train(
 ) -> None:
     """Train a model on TEXT from a YAML config, or planned for a time (--time); writes checkpoints, metrics and
     curves to the run folder. The first line says which corpus and data folder the run trains on."""
-    from charlm.calibrate import budget_overrides
     from charlm.config import load_config
-    from charlm.planner import Budget, parse_duration
+    from charlm.planner import Budget, budget_overrides, parse_duration
 
     if resume is not None and init_from is not None:
         raise CharLMError("--resume and --init-from exclude each other")

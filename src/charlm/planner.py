@@ -226,3 +226,12 @@ def _too_short(smallest: Candidate, budget: Budget, speed: Speed | None, rules: 
     need = math.ceil(rules.min_tokens / rate / (1 - rules.eval_share))
     return (f"--time {budget.seconds:g}s is too short to train anything useful on this device "
             f"({rate:,.0f} tokens/s for the smallest model); the shortest sensible budget is {need}s")
+
+
+def budget_overrides(seconds: float | None, steps: int | None) -> list[str]:
+    """`--time`/`--steps` on a config: the budget replaces the config's own stopping rule."""
+    if seconds is not None:
+        return [f"train.max_time={seconds:g}", "train.max_steps=null", "train.epochs=null"]
+    if steps is not None:
+        return [f"train.max_steps={steps}", "train.max_time=null", "train.epochs=null"]
+    return []
