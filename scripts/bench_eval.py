@@ -69,9 +69,9 @@ def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int, clock=time.
 
 def warmup_profile(checkpoint: str, data: str | None, points: int = 64) -> None:
     """Print, per warm-up length, how many warm-up states match the sequential pass's."""
-    from charlm.inference import _load, training_ids
+    from charlm.inference import open_checkpoint, training_ids
 
-    loaded = _load(checkpoint, "cpu")
+    loaded = open_checkpoint(checkpoint, "cpu")
     model = loaded.model.eval()
     if data:
         from charlm.data.vocab import encode_text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -24,12 +25,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-def escape_arg(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"charlm {__version__}")
@@ -119,12 +114,11 @@ def train(
             raise CharLMError("--nproc takes a config: save the plan with `charlm plan TEXT --time ... --yaml > "
                               "plan.yaml`, then `charlm train --config plan.yaml --nproc N`")
         cfg, made = planned_config(text, budget, overrides, note=lambda message: err.print(escape(message)))
-        out.print(escape(made.summary()), highlight=False)
-        out.print(escape("why: " + "; ".join(made.reasons)), highlight=False)
+        out.print(escape(made.describe()), highlight=False)
     else:
         cfg = load_config(config, overrides + budget_overrides(seconds, steps), corpus=text)
     if config is None and resume is None and budget is None:  # the built-in defaults are no model anyone chose
-        raise CharLMError(f"give a budget or a config: `charlm train {escape_arg(text or 'TEXT')} --time 5m` plans "
+        raise CharLMError(f"give a budget or a config: `charlm train {shlex.quote(text or 'TEXT')} --time 5m` plans "
                           "one, --config NAME takes a shipped one (`charlm configs` lists them, e.g. rnn) or "
                           "--config FILE.yaml; --resume RUN reuses the run's own")
     if config is None and resume is None and text is None:
@@ -169,8 +163,7 @@ def plan(
     budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
     result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate,
                          note=lambda message: err.print(escape(message), highlight=False))
-    out.print(escape(result.summary()), highlight=False)
-    out.print(escape("why: " + "; ".join(result.reasons)), highlight=False)
+    out.print(escape(result.describe()), highlight=False)
     if as_yaml:
         print(dump_yaml(build_config(result.config, name="plan")), end="")
 

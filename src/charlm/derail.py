@@ -106,11 +106,11 @@ def check_starts(model: torch.nn.Module, vocab, val: np.ndarray, length: int = D
 
 def check_checkpoint(checkpoint=None, device: str = "cpu", **options) -> DerailResult:
     """`check_starts` on a run folder or checkpoint, over its own validation split."""
-    from charlm.inference import _load, _model_device, training_ids
+    from charlm.inference import checkpoint_device, open_checkpoint, training_ids
 
     check_options(**options)  # before loading anything
-    loaded = _load(checkpoint, device)
+    loaded = open_checkpoint(checkpoint, device)
     val = training_ids(loaded, "val")
     if len(val) < 2:
         raise DataError("the run has no validation split (val_fraction 0): the check reads its text from it")
-    return check_starts(loaded.model, loaded.vocab, val, device=_model_device(loaded), **options)
+    return check_starts(loaded.model, loaded.vocab, val, device=checkpoint_device(loaded), **options)

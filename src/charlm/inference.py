@@ -19,7 +19,7 @@ from charlm.config import GenerateConfig
 from charlm.generate import GenerationResult, check_params, copied_lines, generate, model_device, novelty
 
 
-def _load(checkpoint, device: str) -> LoadedModel:
+def open_checkpoint(checkpoint, device: str) -> LoadedModel:
     """A checkpoint path (or None: the latest run), or a model loaded already (kept on its device)."""
     if isinstance(checkpoint, LoadedModel):
         return checkpoint
@@ -68,8 +68,8 @@ class CheckpointEvaluation(EvalResult):
 
 def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu") -> CheckpointEvaluation:
     """Full-pass scores of the validation split (`data="val"`) or of a text file."""
-    loaded = _load(checkpoint, device)
-    where = _model_device(loaded)
+    loaded = open_checkpoint(checkpoint, device)
+    where = checkpoint_device(loaded)
     if data == "val":
         ids = training_ids(loaded, "val")
         if len(ids) < 2:
@@ -89,7 +89,7 @@ def _described(result: EvalResult, loaded: LoadedModel, data: str) -> Checkpoint
                                 level=loaded.level)
 
 
-def _model_device(loaded: LoadedModel):
+def checkpoint_device(loaded: LoadedModel):
     return model_device(loaded.model)
 
 
@@ -122,7 +122,7 @@ def generate_from_checkpoint(checkpoint=None, *, device: str = "cpu", check_nove
     `overrides` are GenerateConfig's fields (prefix, length, strategy, temperature, top_k, top_p,
     num_samples, seed, stop, unknown, precision); None keeps the config's value.
     """
-    loaded = _load(checkpoint, device)
+    loaded = open_checkpoint(checkpoint, device)
     params = generation_params(loaded, **overrides)
     result = generate(loaded.model, loaded.vocab, params=params, normalize=loaded.normalize,
                       on_prefix=on_prefix, on_token=on_token)
@@ -146,11 +146,11 @@ MAX_SCORE_CHARS = 100_000
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
                      device: str = "cpu", top: int = 0) -> ScoreResult:
     """Per-token surprisal of `text` (or of `file`) under the checkpoint (`top`: see score_text)."""
-    loaded = _load(checkpoint, device)
+    loaded = open_checkpoint(checkpoint, device)
     if file is not None:
         text = read_text(file)
     if len(text) > MAX_SCORE_CHARS:
         where = f"--data {file}" if file is not None else "--data FILE"
         raise DataError(f"the text has {len(text):,} characters, more than score shows one by one "
                         f"({MAX_SCORE_CHARS:,}); for its totals use `charlm evaluate {where}`")
-    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=_model_device(loaded), top=top)
+    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=checkpoint_device(loaded), top=top)

@@ -135,6 +135,10 @@ class Plan:
                 f"batch {d['batch_size']} × {d['num_steps']}, lr {o['lr']:.3g}: ≈ {_count(self.tokens)} tokens"
                 f"{speed}, ≈ {self.epochs:.1f} epochs of {_count(self.profile.train_tokens)}")
 
+    def describe(self) -> str:
+        """Two lines: what was chosen, and why."""
+        return f"{self.summary()}\nwhy: {'; '.join(self.reasons)}"
+
 
 def _count(n: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
