@@ -70,6 +70,7 @@ class Trainer:
         self.validation_s = 0.0
         self.best_val: float | None = None  # on the sample when val_sample_tokens is set
         self.state = None  # carried across batches by the sequential sampler
+        self.stop: threading.Event | None = None  # fit's stop request, which also ends the final whole-split pass
         self.optimizer = None
         self.total: int | None = 0
         if not self.trainable:
@@ -308,7 +309,7 @@ class Trainer:
         self.emit("note", {"message": f"scoring best.pt on the whole validation split ({len(whole):,} tokens)"})
         try:
             best, seconds = score_whole_split(self.model, self.folder.best, whole, self.device, self.dist,
-                                              stop=getattr(self, "stop", None))
+                                              stop=self.stop)
         except ScoringStopped as stopped:
             self.validation_s += stopped.seconds
             self.emit("note", {"message": "stopped before best.pt's whole-split score; "
