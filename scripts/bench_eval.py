@@ -3,10 +3,11 @@
 For every trainable shipped config (its model; random weights and random ids of its vocabulary
 size; a text as long as its validation split) the script times, in alternating rounds:
 charlm's training step in fp32 and in bf16 (as scripts/bench_train.py does), `evaluate_ids`
-batched (the default) and `evaluate_ids(segments=1)`, the B = 1 sequential pass. Evaluation runs
-in fp32. Each variant keeps its best round, so a busy machine slows all alike and the ratios stay
-same-run ratios. The last columns: batched evaluation over training in fp32 and in bf16 (what
-train.precision auto picks on a CPU with native bf16).
+batched (the default) in fp32 and in bf16, and `evaluate_ids(segments=1)`, the B = 1 sequential
+pass in fp32. Each variant keeps its best round, so a busy machine slows all alike and the ratios
+stay same-run ratios. The last columns: batched evaluation over training in the same precision,
+fp32 and bf16 (bf16 is what train.precision auto picks, and evaluation follows, on a CPU with
+native bf16).
 
     python scripts/bench_eval.py [--rounds 3] [--steps 20] [--only lstm] [--clock wall|cpu] [--quick]
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from bench_train import bench_cases, cpu_report, make_step, pick_clock, rate, vocab_of
-from charlm.batched_eval import ATOL, RTOL, _far, score_batched
+from charlm.batched_eval import ATOL, RTOL, TOLERANCE, _far, score_batched
 from charlm.distributed import state_batch_dims
 from charlm.evaluate import evaluate_ids
 from charlm.models import build_model
@@ -38,9 +39,9 @@ from charlm.train import model_options
 VAL_TOKENS = {"timemachine": 17_343, "tinyshakespeare": 111_540}
 
 
-def eval_rate(model, ids, segments, clock=time.perf_counter) -> float:
+def eval_rate(model, ids, segments, clock=time.perf_counter, precision="fp32") -> float:
     start = clock()
-    evaluate_ids(model, ids, segments=segments)
+    evaluate_ids(model, ids, segments=segments, precision=precision)
     return (len(ids) - 1) / max(clock() - start, 1e-9)
 
 
@@ -55,16 +56,19 @@ def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int, clock=time.
     for step in variants.values():  # warm-up: allocator, oneDNN primitive caches
         rate(step, 2)
     evaluate_ids(model, ids[:2000])
-    best = dict.fromkeys([*variants, "eval batched", "eval B=1"], 0.0)
+    best = dict.fromkeys([*variants, "eval batched", "eval bf16", "eval B=1"], 0.0)
     batch = cfg.data.batch_size * cfg.data.num_steps
     for _ in range(rounds):
         for key, step in variants.items():
             best[key] = max(best[key], rate(step, steps, clock) * batch)
         best["eval batched"] = max(best["eval batched"], eval_rate(model, ids, None, clock))
+        best["eval bf16"] = max(best["eval bf16"], eval_rate(model, ids, None, clock, "bf16"))
         best["eval B=1"] = max(best["eval B=1"], eval_rate(model, one, 1, clock))
     with torch.inference_mode():
         scored = score_batched(model.eval(), ids, "cpu", vocab_size=vocab)
-    return {**best, "segments": scored.segments, "reruns": scored.reruns}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            in_bf16 = score_batched(model, ids, "cpu", vocab_size=vocab, tolerance=TOLERANCE["bf16"])
+    return {**best, "segments": scored.segments, "reruns": f"{scored.reruns}/{in_bf16.reruns}"}
 
 
 def warmup_profile(checkpoint: str, data: str | None, points: int = 64) -> None:
@@ -131,18 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     for line in cpu_report():
         print(line)
     print(f"best of {args.rounds} alternating rounds, {args.clock} clock; random weights and ids; "
-          "evaluation in fp32 on a text as "
-          "long as the config's validation split" + (" (--quick: tiny models, 3,000 tokens)" if args.quick else ""))
+          "evaluation on a text as long as the config's validation split"
+          + (" (--quick: tiny models, 3,000 tokens)" if args.quick else ""))
+    print("reruns: fp32/bf16; eval/B=1: batched over the B = 1 pass (fp32); fp32x, bf16x: batched evaluation over "
+          "training in the same precision")
     print(f"{'config':18} {'model':12} {'tokens':>8} {'B':>3} {'reruns':>6} {'train fp32':>10} {'train bf16':>10} "
-          f"{'eval B=1':>9} {'eval':>9} {'eval/B=1':>8} {'/fp32':>6} {'/bf16':>6}")
+          f"{'eval B=1':>9} {'eval fp32':>9} {'eval bf16':>9} {'eval/B=1':>8} {'fp32x':>6} {'bf16x':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in bench_cases(args.only, args.quick):
             tokens = 3000 if args.quick else VAL_TOKENS.get(cfg.data.corpus, 100_000)
             r = measure(cfg, args.steps, args.rounds, Path(tmp), tokens, clock)
-            fp32, bf16, one, many = r["train fp32"], r["train bf16"], r["eval B=1"], r["eval batched"]
-            print(f"{name:18} {cfg.model.name:12} {tokens:8,} {r['segments']:3} {r['reruns']:6} {fp32:10,.0f} "
-                  f"{bf16:10,.0f} {one:9,.0f} {many:9,.0f} {many / one:8.2f} {many / fp32:6.2f} {many / bf16:6.2f}",
-                  flush=True)
+            fp32, bf16, one, many, low = (r[k] for k in ("train fp32", "train bf16", "eval B=1", "eval batched",
+                                                         "eval bf16"))
+            print(f"{name:18} {cfg.model.name:12} {tokens:8,} {r['segments']:3} {r['reruns']:>6} {fp32:10,.0f} "
+                  f"{bf16:10,.0f} {one:9,.0f} {many:9,.0f} {low:9,.0f} {many / one:8.2f} {many / fp32:6.2f} "
+                  f"{low / bf16:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from charlm.batched_eval import LOGIT_FLOATS, plan, score_batched
 from charlm.data.vocab import Vocab
 from charlm.evaluate import evaluate_ids, score_text
 from charlm.models import build_model
+from charlm.precision import cpu_has_native_bf16
 
 V = 30
 FAMILIES = {
@@ -80,7 +81,7 @@ def test_a_model_that_never_forgets_is_made_exact_by_reruns():
 def test_without_the_self_check_the_warm_up_alone_is_wrong(monkeypatch):
     """The positive control of the test above: the warm-up estimate really is off for this model."""
     ids = np.random.default_rng(0).integers(0, 3, 5000)
-    monkeypatch.setattr(batched_eval, "_far", lambda a, b, dims, **kw: torch.zeros(16 - 1, dtype=torch.bool))
+    monkeypatch.setattr(batched_eval, "_far", lambda a, b, dims, *tolerance: torch.zeros(16 - 1, dtype=torch.bool))
     want = evaluate_ids(Counter(), ids, segments=1).nats_per_token
     assert batched(Counter(), ids, segments=16, warmup=50).nats / (len(ids) - 1) != pytest.approx(want, rel=1e-3)
 
@@ -133,3 +134,20 @@ def test_score_text_batched_gives_the_sequential_surprisals_and_alternatives():
 
     assert likeliest(many) == likeliest(one)
     assert many.total_bits == pytest.approx(one.total_bits, rel=1e-5)
+
+
+native_bf16_only = pytest.mark.skipif(not cpu_has_native_bf16(), reason="bf16 evaluation is used only on a CPU "
+                                      "with native bf16 (AVX512-BF16 or AMX)")
+
+
+@native_bf16_only
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"ngram"}))
+def test_bf16_evaluation_stays_within_a_thousandth_of_fp32(name):
+    model = model_of(name)
+    ids = np.random.default_rng(7).integers(0, V, 4001)
+    fp32 = evaluate_ids(model, ids, segments=1).perplexity
+    got = evaluate_ids(model, ids, precision="bf16").perplexity
+    assert got != fp32  # the forward pass really ran in bf16
+    assert got == pytest.approx(fp32, rel=1e-3)
+    assert got == pytest.approx(evaluate_ids(model, ids, segments=1, precision="bf16").perplexity, rel=1e-4)
+

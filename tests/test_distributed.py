@@ -22,7 +22,9 @@ RAW = {"data": {"corpus": "corpus.txt", "normalize": "letters", "sampling": "seq
                 "num_steps": 12, "state_reset": 0.3},  # rows restart mid-run: each rank must take its own
        "model": {"name": "lstm", "hidden_size": 24, "embedding_dim": 8, "dropout": 0.0},
        "optim": {"lr": 0.01},
-       "train": {"max_steps": 8, "eval_every": 4, "log_every": 1, "eval_tokens": 400, "device": "cpu"}}
+       # fp32: validation split across ranks then equals one pass to 1e-4 (bf16 agrees to its own resolution)
+       "train": {"max_steps": 8, "eval_every": 4, "log_every": 1, "eval_tokens": 400, "device": "cpu",
+                 "precision": "fp32"}}
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import charlm.precision as precision
 from charlm.checkpoint import load_checkpoint
 from charlm.config import build_config
 from charlm.errors import ConfigError
-from charlm.precision import resolve_precision
+from charlm.inference import evaluate_checkpoint
+from charlm.precision import resolve_precision, scoring_precision
 from charlm.train import Trainer, lr_factor, run_progress, train
 
 from cli_helpers import invoke
@@ -55,6 +56,27 @@ def test_fp32_amp_false_and_other_devices_stay_fp32(monkeypatch):
         resolve_precision("bf16", "meta")
     with pytest.raises(ConfigError, match="train.precision: 'fp16' is not one of auto, bf16, fp32"):
         resolve_precision("fp16", "cpu")
+
+
+def test_evaluation_scores_in_the_precision_the_run_trained_in_where_native(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert scoring_precision("auto", "auto", "cpu") == "bf16"
+    assert scoring_precision("auto", "bf16", "cpu") == "bf16"
+    assert scoring_precision("auto", "fp32", "cpu") == "fp32"
+    assert scoring_precision("auto", "auto", "cpu", amp=False) == "fp32"
+    assert scoring_precision("fp32", "bf16", "cpu") == "fp32"  # asked for: honoured
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert scoring_precision("auto", "bf16", "cpu") == "fp32"  # trained in bf16 elsewhere, scored in fp32 here
+    with pytest.raises(ConfigError, match="precision: 'fp16' is not one of auto, bf16, fp32"):
+        scoring_precision("fp16")
+
+
+def test_validation_during_training_and_evaluate_agree_in_the_runs_precision(workdir, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    result = train(tiny("train.precision=bf16", "train.eval_tokens=null"), run_dir="b", handle_signals=False)
+    auto = evaluate_checkpoint(workdir / "b", precision="auto").perplexity
+    assert auto == pytest.approx(result.best_val_perplexity, rel=1e-6)
+    assert evaluate_checkpoint(workdir / "b", precision="fp32").perplexity != auto
 
 
 def test_config_key_is_validated_and_old_configs_load():

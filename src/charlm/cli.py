@@ -187,11 +187,12 @@ def evaluate(
     data: str = typer.Option("val", "--data", "-d", help="'val' for the run's validation split, or a text file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    precision: str = typer.Option("auto", help="auto (as the run trained, where this device has it), fp32 or bf16."),
 ) -> None:
     """Score a text or the validation split: cross-entropy, bits per token, perplexity."""
     from charlm.inference import evaluate_checkpoint
 
-    result = evaluate_checkpoint(checkpoint, data, device=device)
+    result = evaluate_checkpoint(checkpoint, data, device=device, precision=precision)
     if as_json:
         print(json.dumps(result.to_dict()))
         return
@@ -292,13 +293,14 @@ def score(
         None, "--checkpoint", "-C", help="Run folder or checkpoint file; default: the most recent run."),
     as_json: bool = typer.Option(False, "--json", help="Print per-token surprisal as JSON."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    precision: str = typer.Option("auto", help="auto (as the run trained, where this device has it), fp32 or bf16."),
 ) -> None:
     """Colour each character of a text by its surprisal (-log2 p) under the model."""
     from charlm.inference import score_checkpoint
 
     if (text is None) == (file is None):
         raise CharLMError("give either TEXT or --file, not both or neither")
-    result = score_checkpoint(checkpoint, text, file, device=device)
+    result = score_checkpoint(checkpoint, text, file, device=device, precision=precision)
     if as_json:
         print(json.dumps({"tokens": result.tokens, "surprisal_bits": result.surprisal_bits,
                           "total_bits": result.total_bits, "perplexity": result.perplexity,

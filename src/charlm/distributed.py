@@ -122,7 +122,7 @@ class Dist:
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
         return float(t.item())
 
-    def evaluate(self, model: torch.nn.Module, ids: np.ndarray, device: torch.device) -> float:
+    def evaluate(self, model: torch.nn.Module, ids: np.ndarray, device: torch.device, precision: str = "fp32") -> float:
         """Validation perplexity; each rank scores one contiguous share and the NLL sums are reduced.
 
         Shares overlap by one token so every target is scored exactly once; each share starts from
@@ -131,7 +131,7 @@ class Dist:
         from charlm.evaluate import evaluate_ids, evaluate_share
 
         if not self.active or len(ids) < 2 * self.world_size:
-            return evaluate_ids(model, ids, device=device).perplexity
+            return evaluate_ids(model, ids, device=device, precision=precision).perplexity
         share = (len(ids) - 1) // self.world_size
         stop = len(ids) if self.rank == self.world_size - 1 else (self.rank + 1) * share + 1
         dims = state_batch_dims(model)
@@ -140,7 +140,7 @@ class Dist:
             rows = self.gather_state(end_state, dims)
             return None if self.rank == 0 else _row(rows, self.rank - 1, dims)
 
-        nats = evaluate_share(model, ids, self.rank * share, stop, device, previous, self.agree)
+        nats = evaluate_share(model, ids, self.rank * share, stop, device, previous, self.agree, precision)
         totals = torch.tensor([nats, float(stop - self.rank * share - 1)], dtype=torch.float64,
                               device=self._collective_device())
         torch_dist.all_reduce(totals)

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from charlm.batched_eval import EvaluationStopped as EvaluationStopped  # re-exported: callers catch it here
-from charlm.batched_eval import check_stop, score_batched, score_share, tokens_per_call
+from charlm.batched_eval import TOLERANCE, check_stop, score_batched, score_share, tokens_per_call
 from charlm.data.text import tokenize
 from charlm.data.vocab import encode_text
 from charlm.errors import DataError
-from charlm.precision import exact_fp32
+from charlm.precision import Precision, exact_fp32
 
 DEFAULT_CHUNK_LEN = 512  # (1, 512, V) logits: small for characters, ~100 MB at V = 50k words
 LN2 = math.log(2.0)
@@ -36,6 +36,15 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def scoring(model: torch.nn.Module, device: torch.device, precision: str) -> Iterator[tuple[float, float]]:
+    """Eval mode, inference mode and the forward pass's precision for the block; gives the self-check's tolerance."""
+    if precision not in TOLERANCE:
+        raise ValueError(f"precision must be one of {', '.join(TOLERANCE)}, got {precision!r}")
+    with eval_mode(model), torch.inference_mode(), exact_fp32(device), Precision(precision, "").autocast(device):
+        yield TOLERANCE[precision]
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ def evaluate_ids(
     unk_id: int | None = 0,
     segments: int | None = None,
     stop=None,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Mean NLL of ids[1:] given their history, as one stream with the state carried.
 
@@ -150,6 +160,7 @@ def evaluate_ids(
     `segments=1` runs the B = 1 stream itself in chunks of `chunk_len`; otherwise a model with a
     tensor state is scored in that many side-by-side segments (None: chosen from the length).
     Setting `stop` (a threading.Event) ends a long pass between chunks with EvaluationStopped.
+    `precision` "bf16" runs the forward pass under bf16 autocast (docs/evaluation.md: when it is used).
     """
     if getattr(ids, "ndim", 1) != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
@@ -157,11 +168,12 @@ def evaluate_ids(
         raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
     _check_length(len(ids))
     device = torch.device(device)
-    with eval_mode(model), torch.inference_mode(), exact_fp32(device):
+    with scoring(model, device, precision) as tolerance:
         vocab_size = model.vocab_size  # the model contract: logits are (B, T, vocab_size)
         unknown = _check_ids(ids, vocab_size, unk_id)
         if segments != 1 and _batchable(model, device):
-            total = score_batched(model, ids, device, vocab_size=vocab_size, segments=segments, stop=stop).nats
+            total = score_batched(model, ids, device, vocab_size=vocab_size, segments=segments, stop=stop,
+                                  tolerance=tolerance).nats
         else:
             total = 0.0  # python floats are float64
             for loss, _, _ in _scored_chunks(model, ids, vocab_size, chunk_len, device, "sum"):
@@ -179,18 +191,19 @@ def evaluate_ids(
     )
 
 
-def evaluate_share(model, ids, lo: int, stop: int, device, previous, agree) -> float:
+def evaluate_share(model, ids, lo: int, stop: int, device, previous, agree, precision: str = "fp32") -> float:
     """Summed NLL of ids[lo + 1 : stop] as one pass over all of `ids` scores them (one rank's share).
 
     `previous` and `agree` are collectives every rank calls together: see batched_eval.score_share.
     """
     device = torch.device(device)
-    with eval_mode(model), torch.inference_mode(), exact_fp32(device):
+    with scoring(model, device, precision) as tolerance:
         _check_ids(ids[lo:stop], model.vocab_size, None)
         if not _batchable(model, device):  # a stateless model: its share alone is exact
             return sum(float(loss) for loss, _, _ in _scored_chunks(model, ids[lo:stop], model.vocab_size,
                                                                      DEFAULT_CHUNK_LEN, device, "sum"))
-        return score_share(model, ids, lo, stop, device, vocab_size=model.vocab_size, previous=previous, agree=agree)
+        return score_share(model, ids, lo, stop, device, vocab_size=model.vocab_size, previous=previous, agree=agree,
+                           tolerance=tolerance)
 
 
 def evaluate_text(
@@ -201,13 +214,14 @@ def evaluate_text(
     *,
     chunk_len: int = DEFAULT_CHUNK_LEN,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> EvalResult:
     """evaluate_ids on `text` normalized and tokenized like the training text.
 
     Tokens the vocabulary lacks become <unk> and are counted in `unknown`.
     """
     ids = encode_text(vocab, text, normalize).ids
-    return evaluate_ids(model, ids, chunk_len=chunk_len, device=device, unk_id=0)
+    return evaluate_ids(model, ids, chunk_len=chunk_len, device=device, unk_id=0, precision=precision)
 
 
 def score_text(
@@ -220,11 +234,12 @@ def score_text(
     device: str | torch.device = "cpu",
     top: int = 0,
     segments: int | None = None,
+    precision: str = "fp32",
 ) -> ScoreResult:
     """Surprisal of every token given its history; same pass and numbers as evaluate_text.
 
     `top=k` also lists, for every scored token, the k tokens the model found likeliest there.
-    `segments` as in evaluate_ids.
+    `segments` and `precision` as in evaluate_ids.
     """
     encoded = encode_text(vocab, text, normalize)
     tokens, ids = tokenize(encoded.text, vocab.level), encoded.ids
@@ -232,12 +247,12 @@ def score_text(
     device = torch.device(device)
     nats: list[float] = []
     tops: list[tuple[list, list]] = []  # per chunk: (ids, bits) rows of the k likeliest tokens
-    with eval_mode(model), torch.inference_mode(), exact_fp32(device):
+    with scoring(model, device, precision) as tolerance:
         vocab_size = model.vocab_size  # the model contract: logits are (B, T, vocab_size)
         unknown = _check_ids(ids, vocab_size, 0)
         if segments != 1 and _batchable(model, device):
             scored = score_batched(model, ids, device, vocab_size=vocab_size, segments=segments,
-                                   per_token=True, top=top)
+                                   per_token=True, top=top, tolerance=tolerance)
             nats = scored.per_token.tolist()
             if top:
                 tops.append((scored.top[1].tolist(), scored.top[0].tolist()))

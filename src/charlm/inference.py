@@ -17,6 +17,7 @@ from charlm.errors import CheckpointError, DataError
 from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.config import GenerateConfig
 from charlm.generate import GenerationResult, check_params, copied_lines, generate, model_device, novelty
+from charlm.precision import scoring_precision
 
 
 def open_checkpoint(checkpoint, device: str) -> LoadedModel:
@@ -66,22 +67,27 @@ class CheckpointEvaluation(EvalResult):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(EvalResult)}
 
 
-def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu") -> CheckpointEvaluation:
-    """Full-pass scores of the validation split (`data="val"`) or of a text file."""
+def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu",
+                        precision: str = "auto") -> CheckpointEvaluation:
+    """Full-pass scores of the validation split (`data="val"`) or of a text file.
+
+    `precision` auto scores in the precision the run trained in where this device has it natively.
+    """
     loaded = open_checkpoint(checkpoint, device)
     where = checkpoint_device(loaded)
+    precision = run_precision(loaded, precision)
     if data == "val":
         ids = training_ids(loaded, "val")
         if len(ids) < 2:
             raise DataError("the run has no validation split (val_fraction 0); pass --data FILE")
-        return _described(evaluate_ids(loaded.model, ids, device=where), loaded, data)
+        return _described(evaluate_ids(loaded.model, ids, device=where, precision=precision), loaded, data)
     from charlm.data.corpus import encode_text_file
 
     with tempfile.TemporaryDirectory(prefix="charlm-eval-") as tmp:
         ids = encode_text_file(data, loaded.vocab, loaded.normalize, Path(tmp) / "ids.bin")
         if len(ids) < 2:
             raise DataError(f"{data}: evaluation needs at least 2 tokens after normalization, got {len(ids)}")
-        return _described(evaluate_ids(loaded.model, ids, device=where), loaded, str(data))
+        return _described(evaluate_ids(loaded.model, ids, device=where, precision=precision), loaded, str(data))
 
 
 def _described(result: EvalResult, loaded: LoadedModel, data: str) -> CheckpointEvaluation:
@@ -91,6 +97,12 @@ def _described(result: EvalResult, loaded: LoadedModel, data: str) -> Checkpoint
 
 def checkpoint_device(loaded: LoadedModel):
     return model_device(loaded.model)
+
+
+def run_precision(loaded: LoadedModel, requested: str = "auto") -> str:
+    """The precision `requested` scores this run in here (auto: as it trained; see scoring_precision)."""
+    train = loaded.config.train
+    return scoring_precision(requested, train.precision, checkpoint_device(loaded), train.amp)
 
 
 @dataclass
@@ -144,7 +156,7 @@ MAX_SCORE_CHARS = 100_000
 
 
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
-                     device: str = "cpu", top: int = 0) -> ScoreResult:
+                     device: str = "cpu", top: int = 0, precision: str = "auto") -> ScoreResult:
     """Per-token surprisal of `text` (or of `file`) under the checkpoint (`top`: see score_text)."""
     loaded = open_checkpoint(checkpoint, device)
     if file is not None:
@@ -153,4 +165,5 @@ def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path 
         where = f"--data {file}" if file is not None else "--data FILE"
         raise DataError(f"the text has {len(text):,} characters, more than score shows one by one "
                         f"({MAX_SCORE_CHARS:,}); for its totals use `charlm evaluate {where}`")
-    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=checkpoint_device(loaded), top=top)
+    return score_text(loaded.model, loaded.vocab, text, loaded.normalize, device=checkpoint_device(loaded), top=top,
+                      precision=run_precision(loaded, precision))

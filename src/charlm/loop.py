@@ -20,7 +20,7 @@ from charlm.data.batches import make_sampler
 from charlm.distributed import Dist, state_batch_dims
 from charlm.errors import CharLMError, CheckpointError
 from charlm.models import detach_state, restart_rows
-from charlm.precision import resolve_precision
+from charlm.precision import resolve_precision, scoring_precision
 from charlm.result import ScoringStopped, TrainResult, score_whole_split
 from charlm.resume import capture_streams, restore_streams
 from charlm.rundir import RunDir
@@ -73,6 +73,8 @@ class Trainer:
         self.stop: threading.Event | None = None  # fit's stop request, which also ends the final whole-split pass
         self.optimizer = None
         self.total: int | None = 0
+        # Validation scores as `charlm evaluate` does by default, so the two numbers agree.
+        self.eval_precision = scoring_precision("auto", cfg.train.precision, self.device, cfg.train.amp)
         if not self.trainable:
             return
         self.sampler = make_sampler(cfg.data.sampling, corpus.train, cfg.data.batch_size, cfg.data.num_steps,
@@ -226,7 +228,7 @@ class Trainer:
             val_ids = val_ids[:self.val_sample_tokens]
         if len(val_ids) < 2:
             return None
-        return self.dist.evaluate(self.model, val_ids, self.device)
+        return self.dist.evaluate(self.model, val_ids, self.device, self.eval_precision)
 
     def evaluate_and_save(self, finished: bool = False) -> float | None:
         """Validate, then write last.pt (and best.pt on a new best); a collective in a distributed run."""
@@ -309,7 +311,7 @@ class Trainer:
         self.emit("note", {"message": f"scoring best.pt on the whole validation split ({len(whole):,} tokens)"})
         try:
             best, seconds = score_whole_split(self.model, self.folder.best, whole, self.device, self.dist,
-                                              stop=self.stop)
+                                              stop=self.stop, precision=self.eval_precision)
         except ScoringStopped as stopped:
             self.validation_s += stopped.seconds
             self.emit("note", {"message": "stopped before best.pt's whole-split score; "

@@ -72,6 +72,22 @@ def resolve_precision(requested: str, device: torch.device | str, amp: bool = Tr
     return Precision("bf16" if ok else "fp32", f"auto: {why}")
 
 
+def scoring_precision(requested: str, trained: str = "auto", device: torch.device | str = "cpu",
+                      amp: bool = True) -> str:
+    """What evaluation computes in: `requested`, where "auto" means as the run trained, on this device.
+
+    A run trained in bf16 is scored in bf16 where this device computes it natively (the
+    perplexity moves by ~1e-4 relative, docs/evaluation.md), in fp32 anywhere else.
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision: {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if trained == "fp32" or not amp:
+        return "fp32"
+    return "bf16" if native_bf16(torch.device(device))[0] else "fp32"
+
+
 def to_float32(state):
     """A carried state (tensor or nested tuple) in fp32, for the checkpoint: bf16 → fp32 is exact."""
     if state is None:

@@ -50,7 +50,8 @@ class ScoringStopped(Exception):
         self.seconds = seconds
 
 
-def score_whole_split(model, best_path: Path, val_ids, device, dist, stop=None) -> tuple[float | None, float]:
+def score_whole_split(model, best_path: Path, val_ids, device, dist, stop=None,
+                      precision: str = "fp32") -> tuple[float | None, float]:
     """(perplexity, seconds) of the checkpoint at `best_path` on all of `val_ids`, as `charlm evaluate` scores it.
 
     Rank 0 scores it in one pass into a copy of the model while the other ranks wait (they get
@@ -62,7 +63,7 @@ def score_whole_split(model, best_path: Path, val_ids, device, dist, stop=None) 
         scored = copy.deepcopy(model)
         load_weights(scored, load_checkpoint(best_path)["model"], str(best_path))
         try:
-            perplexity = evaluate_ids(scored, val_ids, device=device, stop=stop).perplexity
+            perplexity = evaluate_ids(scored, val_ids, device=device, stop=stop, precision=precision).perplexity
         except EvaluationStopped:
             perplexity = None
     dist.barrier()
