@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import sys
 
 import pytest
@@ -9,18 +10,10 @@ import yaml
 
 import charlm.planner as planner
 from charlm import tune
-from charlm.planner import CANDIDATES, Budget, CorpusProfile
+from charlm.planner import Budget
 from cli_helpers import invoke, one_error_line
 
 optuna = pytest.importorskip("optuna")
-
-SHAKESPEARE = CorpusProfile("tinyshakespeare", train_tokens=1_003_854, vocab_size=65)
-
-
-def laptop(c):
-    """A made-up CPU: tokens/s falls with the parameters, the larger batch a little faster."""
-    return 5e9 / c.parameters(65) * (1 + c.batch_size / 256)
-
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, corpus_dir):
@@ -40,35 +33,6 @@ def tiny_ladder(monkeypatch):
 
 def written(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-
-
-def test_the_space_is_the_plan_for_the_rest_and_its_neighbouring_sizes():
-    space = tune.search_space(SHAKESPEARE, Budget(seconds=400), laptop, share=0.25)
-    rest = planner.plan(SHAKESPEARE, Budget(seconds=300), laptop)
-    assert space.sizes[space.center].config == rest.config  # the plan for what is left after the search
-    ladder = list(dict.fromkeys(f"{c.num_layers}x{c.hidden_size}"
-                                for c in sorted(CANDIDATES, key=lambda c: c.parameters(65))))
-    here = ladder.index(space.center)
-    assert list(space.sizes) == ladder[here - 1:here + 2]
-    assert (space.search, space.trial) == (100.0, 100.0 / tune.TRIALS)
-    d = rest.config["model"]["dropout"]
-    assert space.dropout == (round(max(0, d - 0.2), 2), round(d + 0.2, 2))
-
-
-def test_a_neighbour_that_does_not_fit_in_memory_is_not_tried():
-    space = tune.search_space(SHAKESPEARE, Budget(seconds=400), laptop, share=0.25)
-    larger = list(space.sizes)[-1]
-    fits = tune.search_space(SHAKESPEARE, Budget(seconds=400),
-                             lambda c: 0.0 if f"{c.num_layers}x{c.hidden_size}" == larger else laptop(c), share=0.25)
-    assert larger not in fits.sizes and len(fits.sizes) == len(space.sizes) - 1
-
-
-def test_a_trial_lasts_its_share_of_seconds_at_its_own_measured_speed():
-    space = tune.search_space(SHAKESPEARE, Budget(seconds=400), laptop, share=0.25)
-    for size, made in space.sizes.items():
-        tokens = made.tokens_per_s * space.trial
-        expected = tokens / (made.candidate.batch_size * made.candidate.num_steps)
-        assert space.trial_steps(size) % tune.RUNGS == 0 and abs(space.trial_steps(size) - expected) <= tune.RUNGS
 
 
 def test_without_optuna_search_is_one_line_naming_the_extra_and_writes_nothing(workdir, monkeypatch):
@@ -150,6 +114,23 @@ def test_a_pruned_trial_stops_at_its_first_rung_and_never_wins(workdir, tiny_lad
     assert found.best is first and cfg.optim.lr == pytest.approx(first.lr, abs=1e-5)
     assert seen == ["plan", *["trial"] * len(found.trials), "result"]
     assert not (workdir / "runs").exists()  # the library searches; the run is the caller's to train
+
+
+def test_the_best_trial_not_the_plan_is_planned_for_the_rest(workdir, tiny_ladder, monkeypatch):
+    def objective(cfg, corpus, scratch, asked, trial, steps):  # a made-up loss, lowest at twice the planned lr
+        trial.steps, trial.state = steps, "complete"
+        trial.val_loss = abs(math.log(trial.lr_factor / 2)) + trial.dropout + (trial.size != "1x16")
+
+    monkeypatch.setattr(tune, "_run_trial", objective)
+    cfg, found = tune.search_config("corpus.txt", Budget(steps=400), share=0.5)
+    best = min(found.trials, key=lambda t: t.val_loss)
+    assert found.best is best and best.number > 0 and best.lr_factor != 1.0
+    planned = found.space.sizes[best.size]
+    assert cfg.optim.lr == round(planned.config["optim"]["lr"] * best.lr_factor, 5)
+    assert cfg.optim.min_lr == round(cfg.optim.lr / 50, 6) and cfg.model.dropout == best.dropout
+    assert f"{cfg.model.num_layers}x{cfg.model.hidden_size}" == best.size
+    assert (cfg.data.batch_size, cfg.train.max_steps) == (planned.candidate.batch_size, 400 - found.spent)
+    assert "searched: trial" in found.plan.describe()
 
 
 def test_a_time_budget_stops_starting_trials_when_the_share_is_spent(workdir, tiny_ladder, monkeypatch):

@@ -1,11 +1,10 @@
 """Search within the budget: a short multi-fidelity search around the plan, with Optuna (charlm[tune]).
 
-A share of the budget goes to trials around the planned config: the learning rate (a factor of each
-size's planned lr, log scale), dropout (around the planned) and the planner's neighbouring sizes that
-fit the budget. Each trial trains from scratch on its own short cosine schedule, scored on one fixed
-sample of the validation split at `RUNGS` points; Optuna's seeded TPE sampler proposes the settings
-and its successive-halving pruner stops the trials that trail at the early rungs. The best complete
-trial is then planned for the rest of the budget: an ordinary run, reproducible from its config.yaml.
+A share of the budget goes to trials in `charlm.search_space`'s space. Each trial trains from scratch
+on its own short cosine schedule, scored on one fixed sample of the validation split at `RUNGS`
+points; Optuna's seeded TPE sampler proposes the settings and its successive-halving pruner stops the
+trials that trail at the early rungs. The best complete trial is then planned for the rest of the
+budget: an ordinary run, reproducible from its config.yaml.
 """
 
 from __future__ import annotations
@@ -22,20 +21,10 @@ from typing import Any, Callable
 from charlm import planner
 from charlm.errors import CharLMError, ConfigError
 from charlm.planner import Budget, Plan
+from charlm.search_space import (DEFAULT_SHARE, LR_FACTORS, RUNGS, SEARCHED, TRIAL_OWN, VAL_SAMPLE, SearchSpace,
+                                 check_share, override_key, search_space)
 
-DEFAULT_SHARE, MAX_SHARE = 0.25, 0.8
-LR_FACTORS = (0.4, 2.5)  # of each size's planned lr, searched on a log scale
-DROPOUT_SPREAD, MAX_DROPOUT = 0.2, 0.5  # around the planned dropout, in steps of 0.05
-RUNGS = 4  # validations per trial (at 1/4, 1/2, 3/4 and its end): the pruner decides at the first three
-TRIALS = 8  # the share is cut into trials for about this many that run to the end; pruned ones leave room
-TRIAL_SECONDS = (2.0, 60.0)
-VAL_SAMPLE = 10_000  # validation tokens every trial scores: the same ones, so trials compare
-STARTUP_TRIALS = 4  # TPE samples at random until this many trials have ended
-# The search sets these; a --set of one would quietly undo it.
-SEARCHED = ("optim.lr", "optim.min_lr", "optim.warmup_steps", "model.dropout", "model.hidden_size",
-            "model.num_layers", "data.batch_size", "data.num_steps")
-TRIAL_OWN = ("train.max_steps", "train.max_time", "train.epochs", "train.eval_every", "train.log_every",
-             "train.eval_tokens", "train.out")  # a trial's own length and scoring: --set leaves them to the final run
+STARTUP_TRIALS = 4  # TPE samples at random until this many trials have ended (the plan is the first)
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -45,13 +34,6 @@ def require_optuna():
     except ImportError:
         raise CharLMError("--search needs Optuna: pip install 'charlm[tune]'") from None
     return optuna
-
-
-def check_share(share: float | None) -> float:
-    share = DEFAULT_SHARE if share is None else share
-    if not (0 < share <= MAX_SHARE):  # NaN fails too
-        raise ConfigError(f"--search-share must be above 0 and at most {MAX_SHARE:g}, got {share:g}")
-    return share
 
 
 def check_search(share: float | None, *, budget: Budget | None, text: str | None, config, resume, init_from,
@@ -64,99 +46,11 @@ def check_search(share: float | None, *, budget: Budget | None, text: str | None
     if budget is None or text is None:
         raise ConfigError("--search spends a share of a budget: `charlm train TEXT --time 5m --search` "
                           "(or --steps N)")
-    searched = [key for key in map(_key, overrides) if key in SEARCHED]
+    searched = [key for key in map(override_key, overrides) if key in SEARCHED]
     if searched:
         raise ConfigError(f"--search chooses {searched[0]}; drop --set {searched[0]}=... or --search")
     require_optuna()
     return share
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].strip()
-
-
-def _part(budget: Budget, fraction: float) -> Budget:
-    if budget.seconds is not None:
-        return Budget(seconds=budget.seconds * fraction)
-    return Budget(steps=max(1, int(budget.steps * fraction)))
-
-
-def _label(c: planner.Candidate) -> str:
-    return f"{c.num_layers}x{c.hidden_size}"
-
-
-@dataclass
-class SearchSpace:
-    """What the search tries, and how the share is spent: `search` and `trial` are seconds or steps."""
-
-    sizes: dict[str, Plan]  # each size's plan for the training after the search, smallest first
-    center: str  # the planned size
-    dropout: tuple[float, float]
-    budget: Budget
-    share: float
-    search: float
-    trial: float
-    sample: int = VAL_SAMPLE  # validation tokens each trial is scored on
-
-    @property
-    def in_seconds(self) -> bool:
-        return self.budget.seconds is not None
-
-    def trial_steps(self, size: str) -> int:
-        """A trial's steps, a multiple of RUNGS: its share of seconds at this size's measured speed."""
-        made = self.sizes[size]
-        steps = self.trial
-        if self.in_seconds:
-            steps = made.tokens_per_s * self.trial / (made.candidate.batch_size * made.candidate.num_steps)
-        return RUNGS * max(1, round(steps / RUNGS))
-
-    def describe(self) -> str:
-        unit = "s" if self.in_seconds else " steps"
-        whole = self.budget.seconds if self.in_seconds else self.budget.steps
-        sizes = ", ".join(f"{p.candidate.describe()}{' (planned)' if k == self.center else ''}"
-                          for k, p in self.sizes.items())
-        return (f"search: {self.search:g}{unit} of {whole:g}{unit} (share {self.share:g}) in trials of "
-                f"{self.trial:.3g}{unit}, each scored at {RUNGS} points on the same {self.sample:,} validation "
-                f"tokens; sizes {sizes}; lr ×{LR_FACTORS[0]:g} … ×{LR_FACTORS[1]:g} of each size's planned lr; "
-                f"dropout {self.dropout[0]:g} … {self.dropout[1]:g}; Optuna TPE, successive halving stops the "
-                f"trailing trials at 1/{RUNGS} and 2/{RUNGS}")
-
-
-def search_space(profile, budget: Budget, speed, share: float = DEFAULT_SHARE, **rules) -> SearchSpace:
-    """The plan for the budget left after the search, with its neighbouring sizes that still fit it."""
-    candidates = rules.get("candidates") or planner.CANDIDATES
-    limits = rules.get("rules") or planner.RULES
-    rest = _part(budget, 1 - share)
-    try:
-        center = planner.plan(profile, rest, speed, **rules)
-    except ConfigError as exc:
-        raise ConfigError(f"--search leaves {1 - share:g} of the budget to train: {exc}") from None
-    shapes: dict[str, list] = {}
-    for c in sorted(candidates, key=lambda c: c.parameters(profile.vocab_size)):
-        shapes.setdefault(_label(c), []).append(c)
-    names = list(shapes)
-    here = names.index(_label(center.candidate))
-    sizes = {names[here]: center}
-    for near in (here - 1, here + 1):
-        if not 0 <= near < len(names):
-            continue
-        try:  # a size that does not fit in memory or buys too few tokens is refused by the planner
-            made = planner.plan(profile, rest, speed, rules=limits, candidates=tuple(shapes[names[near]]))
-        except ConfigError:
-            continue
-        if made.parameters <= limits.parameters_per_train_token * profile.train_tokens:
-            sizes[names[near]] = made
-    sizes = {k: sizes[k] for k in names if k in sizes}
-    d = center.config["model"]["dropout"]
-    dropout = (round(max(0.0, d - DROPOUT_SPREAD), 2), round(min(MAX_DROPOUT, d + DROPOUT_SPREAD), 2))
-    if budget.seconds is not None:
-        search = round(budget.seconds * share, 1)
-        trial = min(search, max(TRIAL_SECONDS[0], min(TRIAL_SECONDS[1], search / TRIALS)))
-    else:
-        search = int(budget.steps * share)
-        trial = max(RUNGS, search // TRIALS)
-    sample = min(VAL_SAMPLE, profile.val_tokens) if profile.val_tokens else VAL_SAMPLE
-    return SearchSpace(sizes, names[here], dropout, budget, share, search, trial, sample)
 
 
 def plan_search(corpus: str, budget: Budget, share: float | None = None, *, device: str = "auto", note=None,
@@ -279,7 +173,7 @@ def search_config(corpus: str, budget: Budget, overrides: list[str] | None = Non
     if len(prepared.val) < 2:
         raise ConfigError(f"--search scores trials on the validation split, and {corpus} has none")
     corpus_sample = replace(prepared, val=prepared.val[:VAL_SAMPLE])
-    trial_overrides = [o for o in overrides if _key(o) not in TRIAL_OWN]
+    trial_overrides = [o for o in overrides if override_key(o) not in TRIAL_OWN]
     trials: list[Trial] = []
     started, spent, longest = clock(), 0.0, space.trial
     with tempfile.TemporaryDirectory() as scratch:
