@@ -148,6 +148,16 @@ def test_a_time_budget_stops_starting_trials_when_the_share_is_spent(workdir, ti
     assert cfg.train.max_time == pytest.approx(40 - found.spent)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--search", "--search-share", "1.5"], "at most 0.8, got 1.5"),
+    (["--search-share", "0.5"], "--search-share goes with --search"),
+])
+def test_plan_checks_the_share_before_measuring_anything(workdir, args, message):
+    before = written(workdir)
+    assert message in one_error_line(invoke("plan", "corpus.txt", "--time", "5m", *args))
+    assert written(workdir) == before  # no data folder, no calibration cache
+
+
 def test_plan_search_says_what_the_search_would_try(workdir, tiny_ladder):
     result = invoke("plan", "corpus.txt", "--steps", "400", "--search")
     assert result.exit_code == 0, result.output

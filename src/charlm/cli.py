@@ -113,9 +113,7 @@ def train(
     if search or search_share is not None:
         from charlm.tune import check_search
 
-        if not search:
-            raise CharLMError("--search-share goes with --search")
-        search_share = check_search(search_share, budget=budget, text=text, config=config, resume=resume,
+        search_share = check_search(search, search_share, budget=budget, text=text, config=config, resume=resume,
                                     init_from=init_from, overrides=overrides)
     if resume is not None and config is None and (resume / "config.yaml").is_file():
         config = resume / "config.yaml"
@@ -183,14 +181,16 @@ def plan(
     from charlm.planner import Budget, parse_duration
 
     budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
+    if search or search_share is not None:
+        from charlm.search_space import check_share
+
+        search_share = check_share(search_share, search)
     note = lambda message: err.print(escape(message), highlight=False)  # noqa: E731
     result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
     out.print(escape(result.describe()), highlight=False)
-    if search or search_share is not None:
+    if search:
         from charlm.tune import plan_search
 
-        if not search:
-            raise CharLMError("--search-share goes with --search")
         out.print(escape(plan_search(corpus, budget, search_share, device=device, note=note)), highlight=False)
     if as_yaml:
         print(dump_yaml(build_config(result.config, name="plan")), end="")

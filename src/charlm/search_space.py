@@ -27,7 +27,10 @@ TRIAL_OWN = ("train.max_steps", "train.max_time", "train.epochs", "train.eval_ev
              "train.eval_tokens", "train.out")  # a trial's own length and scoring: --set leaves them to the final run
 
 
-def check_share(share: float | None) -> float:
+def check_share(share: float | None, search: bool = True) -> float:
+    """--search-share, or its default; checked before anything is measured."""
+    if not search:
+        raise ConfigError("--search-share goes with --search")
     share = DEFAULT_SHARE if share is None else share
     if not (0 < share <= MAX_SHARE):  # NaN fails too
         raise ConfigError(f"--search-share must be above 0 and at most {MAX_SHARE:g}, got {share:g}")

@@ -36,10 +36,10 @@ def require_optuna():
     return optuna
 
 
-def check_search(share: float | None, *, budget: Budget | None, text: str | None, config, resume, init_from,
-                 overrides: list[str]) -> float:
+def check_search(search: bool, share: float | None, *, budget: Budget | None, text: str | None, config, resume,
+                 init_from, overrides: list[str]) -> float:
     """The --search options, checked before anything is measured or written; the share to use."""
-    share = check_share(share)
+    share = check_share(share, search)
     if config is not None or resume is not None or init_from is not None:
         raise ConfigError("--search searches around a plan for TEXT, from scratch: it takes no --config (a config "
                           "is a choice already made), --resume or --init-from")
@@ -58,7 +58,7 @@ def plan_search(corpus: str, budget: Budget, share: float | None = None, *, devi
     """What `charlm train --search` would try for `corpus` and `budget` (Optuna not needed to say it)."""
     from charlm.calibrate import measure_corpus
 
-    share = check_share(share)
+    share = check_share(share)  # `charlm plan` checks it before planning; a library caller here
     _, profile, speed = measure_corpus(corpus, device=device, note=note)
     space = search_space(profile, budget, speed, share, **rules)
     return f"{space.sizes[space.center].describe()}\n{space.describe()}"
