@@ -14,7 +14,7 @@ import io
 import math
 import tempfile
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from time import perf_counter as clock
 from typing import Any, Callable
 
@@ -98,7 +98,6 @@ class SearchResult:
     best: Trial
     plan: Plan  # the best trial's size planned for the rest of the budget, with its lr and dropout
     spent: float  # seconds or steps
-    config: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         pruned = sum(t.state == "pruned" for t in self.trials)
@@ -157,6 +156,8 @@ def search_config(corpus: str, budget: Budget, overrides: list[str] | None = Non
     emit = on_event or (lambda kind, info: None)
     overrides = list(overrides or [])
     prepared, profile, speed = measure_corpus(corpus, device=device, recalibrate=recalibrate, note=note)
+    if len(prepared.val) < 2:
+        raise ConfigError(f"--search scores trials on the validation split, and {corpus} has none")
     space = search_space(profile, budget, speed, share, **rules)
     name = run_name(corpus)
     final = build_config(space.sizes[space.center].config, overrides, name=name)  # --set mistakes, before a trial
@@ -170,8 +171,6 @@ def search_config(corpus: str, budget: Budget, overrides: list[str] | None = Non
         pruner=pruner or optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
     study.enqueue_trial({"size": space.center, "lr_factor": 1.0,
                          "dropout": space.sizes[space.center].config["model"]["dropout"]})
-    if len(prepared.val) < 2:
-        raise ConfigError(f"--search scores trials on the validation split, and {corpus} has none")
     corpus_sample = replace(prepared, val=prepared.val[:VAL_SAMPLE])
     trial_overrides = [o for o in overrides if override_key(o) not in TRIAL_OWN]
     trials: list[Trial] = []
@@ -205,7 +204,7 @@ def search_config(corpus: str, budget: Budget, overrides: list[str] | None = Non
     best = min(done, key=lambda t: t.val_loss)
     made = _final_plan(space, best, profile, speed, spent, rules)
     made.reasons.append(f"searched: trial {best.number} of {len(trials)} scored best")
-    result = SearchResult(space, trials, best, made, spent, made.config)
+    result = SearchResult(space, trials, best, made, spent)
     emit("result", {"result": result, "text": f"{result.summary()}\n{made.describe()}"})
     return build_config(made.config, overrides, name=name), result
 
