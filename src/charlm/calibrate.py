@@ -131,14 +131,12 @@ class Calibration:
             torch.cuda.synchronize(self.device)
 
 
-def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None, **rules):
-    """Preprocess `corpus` as a planned run reads it (every character kept), measure, and plan.
-
-    `rules` go to `planner.plan` (`rules=Rules(...)`, `candidates=(...)`), for sweeps and tests.
-    """
+def measure_corpus(corpus: str, *, device: str = "auto", recalibrate: bool = False, note=None):
+    """(prepared corpus, CorpusProfile, Calibration): `corpus` preprocessed as a planned run reads it
+    (every character kept), and this device's speed, measured as the planner asks."""
     from charlm.config import DataConfig
     from charlm.data.prepare import prepare_for_training
-    from charlm.planner import CorpusProfile, plan
+    from charlm.planner import CorpusProfile
     from charlm.runtime import resolve_device
 
     note = note or (lambda message: None)
@@ -146,16 +144,32 @@ def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool 
     profile = CorpusProfile(corpus=corpus, train_tokens=len(prepared.train), vocab_size=len(prepared.vocab),
                             level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val))
     speed = Calibration(resolve_device(device), profile.vocab_size, recalibrate=recalibrate, note=note)
+    return prepared, profile, speed
+
+
+def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None, **rules):
+    """Preprocess `corpus` as a planned run reads it (every character kept), measure, and plan.
+
+    `rules` go to `planner.plan` (`rules=Rules(...)`, `candidates=(...)`), for sweeps and tests.
+    """
+    from charlm.planner import plan
+
+    _, profile, speed = measure_corpus(corpus, device=device, recalibrate=recalibrate, note=note)
     return plan(profile, budget, speed, **rules)
+
+
+def run_name(corpus: str) -> str:
+    """A planned run's name: the built-in dataset's, or the text's folder name."""
+    from charlm.data.corpus import folder_name
+    from charlm.data.text import BUILTIN_DATASETS
+
+    return corpus if corpus in BUILTIN_DATASETS else folder_name(corpus)
 
 
 def planned_config(corpus: str, budget, overrides: list[str] | None = None, *, device: str = "auto",
                    recalibrate: bool = False, note=None):
     """(RunConfig, Plan): the plan for `corpus` as a run config named after the text, `overrides` on top."""
     from charlm.config import build_config
-    from charlm.data.corpus import folder_name
-    from charlm.data.text import BUILTIN_DATASETS
 
     made = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
-    name = corpus if corpus in BUILTIN_DATASETS else folder_name(corpus)
-    return build_config(made.config, overrides, name=name), made
+    return build_config(made.config, overrides, name=run_name(corpus)), made

@@ -93,6 +93,11 @@ def train(
         None, "--time", "-t", help="Train for this long: 90s, 5m, 1h30m. Without --config the model is planned for "
         "TEXT and this machine (see `charlm plan`); with one, it replaces the config's step or time limit."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Train this many steps (planned as --time is)."),
+    search: bool = typer.Option(False, "--search", help="Spend a share of the budget on short trials around the "
+                                "plan (learning rate, dropout, neighbouring sizes), then train the best for the rest "
+                                "(needs charlm\\[tune])."),
+    search_share: Optional[float] = typer.Option(None, "--search-share", help="The budget's share for --search: "
+                                                 "above 0, at most 0.8 (default 0.25)."),
 ) -> None:
     """Train a model on TEXT from a YAML config, or planned for a time (--time); writes checkpoints, metrics and
     curves to the run folder. The first line says which corpus and data folder the run trains on."""
@@ -103,18 +108,31 @@ def train(
         raise CharLMError("--resume and --init-from exclude each other")
     if nproc < 1:
         raise CharLMError(f"--nproc must be at least 1, got {nproc}")
-    if resume is not None and config is None and (resume / "config.yaml").is_file():
-        config = resume / "config.yaml"
     seconds = parse_duration(time_budget) if time_budget is not None else None
     budget = Budget(seconds, steps) if seconds is not None or steps is not None else None
+    if search or search_share is not None:
+        from charlm.tune import check_search
+
+        search_share = check_search(search, search_share, budget=budget, text=text, config=config, resume=resume,
+                                    init_from=init_from, overrides=overrides)
+    if resume is not None and config is None and (resume / "config.yaml").is_file():
+        config = resume / "config.yaml"
+    found = None
     if config is None and resume is None and text is not None and budget is not None:
         from charlm.calibrate import planned_config
 
         if nproc > 1:  # each worker would measure and might plan another model
             raise CharLMError("--nproc takes a config: save the plan with `charlm plan TEXT --time ... --yaml > "
                               "plan.yaml`, then `charlm train --config plan.yaml --nproc N`")
-        cfg, made = planned_config(text, budget, overrides, note=lambda message: err.print(escape(message)))
-        out.print(escape(made.describe()), highlight=False)
+        note = lambda message: err.print(escape(message))  # noqa: E731
+        if search:
+            from charlm.tune import search_config
+
+            cfg, found = search_config(text, budget, overrides, share=search_share, force=force, note=note,
+                                       on_event=lambda kind, info: out.print(escape(info["text"]), highlight=False))
+        else:
+            cfg, made = planned_config(text, budget, overrides, note=note)
+            out.print(escape(made.describe()), highlight=False)
     else:
         cfg = load_config(config, overrides + budget_overrides(seconds, steps), corpus=text)
     if config is None and resume is None and budget is None:  # the built-in defaults are no model anyone chose
@@ -140,7 +158,7 @@ def train(
     # Ctrl-C or SIGTERM: the run stops after the current step, saved and resumable.
     with display, stop_on_signals() as stop:
         result = run_training(cfg, resume=resume is not None, force=force, init_from=init_from,
-                              on_event=display.on_event, stop=stop)
+                              on_event=found.recording(display.on_event) if found else display.on_event, stop=stop)
         if is_main_process():
             display.summary(result)  # while the bar is live, so its last frame can show the run's figures
 
@@ -154,6 +172,8 @@ def plan(
     as_yaml: bool = typer.Option(False, "--yaml", help="Print the whole config as YAML."),
     device: str = typer.Option("auto", help="cpu, cuda or auto: the device to plan (and calibrate) for."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Measure this device again, ignoring the cache."),
+    search: bool = typer.Option(False, "--search", help="Also say what `charlm train --search` would try."),
+    search_share: Optional[float] = typer.Option(None, "--search-share", help="The budget's share for --search."),
 ) -> None:
     """Plan a run for a text and a budget from this device's measured speed; print it without training."""
     from charlm.calibrate import plan_corpus
@@ -161,9 +181,17 @@ def plan(
     from charlm.planner import Budget, parse_duration
 
     budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
-    result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate,
-                         note=lambda message: err.print(escape(message), highlight=False))
+    if search or search_share is not None:
+        from charlm.search_space import check_share
+
+        search_share = check_share(search_share, search)
+    note = lambda message: err.print(escape(message), highlight=False)  # noqa: E731
+    result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
     out.print(escape(result.describe()), highlight=False)
+    if search:
+        from charlm.tune import plan_search
+
+        out.print(escape(plan_search(corpus, budget, search_share, device=device, note=note)), highlight=False)
     if as_yaml:
         print(dump_yaml(build_config(result.config, name="plan")), end="")
 

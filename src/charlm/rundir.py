@@ -108,6 +108,12 @@ class RunDir:
             self._record("summary.json")
             write_atomic(self.path / "summary.json", json.dumps(summary, indent=1))
 
+    def write_file(self, name: str, text: str) -> None:
+        """Another file of this run (such as a search's trials table), named in the manifest so --force replaces it."""
+        if self.writer:
+            self._record(name)
+            write_atomic(self.path / name, text)
+
     def has_final_summary(self) -> bool:
         """Whether summary.json is a finished run's, with best.pt's whole-split score (not one still pending)."""
         try:
