@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench_train import bench_cases, cpu_report, make_step, pick_clock, rate, vocab_of
-from charlm.batched_eval import ATOL, RTOL, TOLERANCE, _far, score_batched
+from charlm.batched_eval import TOLERANCE, _far, score_batched
 from charlm.distributed import state_batch_dims
 from charlm.evaluate import evaluate_ids
 from charlm.models import build_model
@@ -71,8 +71,8 @@ def measure(cfg, steps: int, rounds: int, folder: Path, tokens: int, clock=time.
     return {**best, "segments": scored.segments, "reruns": f"{scored.reruns}/{in_bf16.reruns}"}
 
 
-def warmup_profile(checkpoint: str, data: str | None, points: int = 64) -> None:
-    """Print, per warm-up length, how many warm-up states match the sequential pass's."""
+def warmup_profile(checkpoint: str, data: str | None, points: int = 64, precision: str = "fp32") -> None:
+    """Print, per warm-up length, how many warm-up states match the sequential pass's (in `precision`)."""
     from charlm.inference import open_checkpoint, training_ids
 
     loaded = open_checkpoint(checkpoint, "cpu")
@@ -85,7 +85,8 @@ def warmup_profile(checkpoint: str, data: str | None, points: int = 64) -> None:
         ids = np.asarray(training_ids(loaded, "val"), dtype=np.int64)
     n, dims = len(ids) - 1, state_batch_dims(model)
     where = [n * (b + 1) // (points + 1) for b in range(points)]
-    with torch.inference_mode():
+    tolerance = TOLERANCE[precision]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         state, true, at = model.init_state(1, "cpu"), [], 0
         for p in where:  # the sequential pass's state at each point
             _, state = model(torch.from_numpy(ids[at:p])[None], state)
@@ -93,22 +94,23 @@ def warmup_profile(checkpoint: str, data: str | None, points: int = 64) -> None:
             at = p
         true = tuple(torch.cat([t[i] for t in true], d) for i, d in enumerate(dims)) if isinstance(state, tuple) \
             else torch.cat(true, dims)
-        print(f"{checkpoint}: {loaded.config.model.name}, {n:,} tokens; tolerance {ATOL:g} + {RTOL:g}·|x|")
+        print(f"{checkpoint}: {loaded.config.model.name}, {n:,} tokens, {precision}; "
+              f"tolerance {tolerance[0]:g} + {tolerance[1]:g}·|x|")
         print(f"{'warm-up W':>9} {'within':>7} {'max |diff|':>10}")
         for W in (8, 16, 32, 64, 128, 256, 512, 1024):
             history = torch.from_numpy(np.stack([ids[p - W:p] for p in where if p >= W]))
             _, warm = model(history, model.init_state(len(history), "cpu"))
             keep = torch.tensor([p >= W for p in where])
             ref = tuple(t[:, keep] for t in true) if isinstance(true, tuple) else true[:, keep]
-            far = _far(warm, ref, dims)
+            far = _far(warm, ref, dims, *tolerance)
             diff = max(float((a - b).abs().max()) for a, b in zip(*((warm, ref) if isinstance(warm, tuple)
                                                                     else ((warm,), (ref,)))))
             print(f"{W:9} {1 - far.float().mean().item():7.0%} {diff:10.2e}", flush=True)
         start = time.perf_counter()
-        scored = score_batched(model, ids, "cpu", vocab_size=model.vocab_size)
+        scored = score_batched(model, ids, "cpu", vocab_size=model.vocab_size, tolerance=tolerance)
         batched_s = time.perf_counter() - start
     start = time.perf_counter()
-    one = evaluate_ids(model, ids, segments=1)
+    one = evaluate_ids(model, ids, segments=1, precision=precision)
     one_s = time.perf_counter() - start
     ppl = float(np.exp(scored.nats / n))
     print(f"batched: {scored.segments} segments, {scored.reruns} reruns in {scored.rounds} rounds, {batched_s:.1f}s, "
@@ -126,9 +128,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="cpu: one thread's CPU seconds (time.thread_time), steadier on a shared machine")
     parser.add_argument("--checkpoint", default=None, help="measure a trained run's warm-up instead (see above)")
     parser.add_argument("--data", default=None, help="with --checkpoint: a text file instead of the validation split")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="with --checkpoint")
     args = parser.parse_args(argv)
     if args.checkpoint:
-        return warmup_profile(args.checkpoint, args.data)
+        return warmup_profile(args.checkpoint, args.data, precision=args.precision)
     if args.quick:
         args.steps, args.rounds = 2, 1
     clock = pick_clock(args.clock)
