@@ -19,10 +19,10 @@ test: $(BIN)/charlm
 	$(BIN)/python -m pytest
 
 # The documentation site (docs/, Sphinx + MyST + furo). docs-check is the strict build `make test`
-# runs: every warning is an error. `make docs` builds it into docs/_build/html and serves it.
-DOCS_OUT ?= $(or $(TMPDIR),/tmp)/charlm-docs-check
+# runs (every warning is an error), into a fresh temporary folder it then removes; `make docs`
+# builds into docs/_build/html and serves it.
 docs-check: $(BIN)/charlm
-	$(BIN)/sphinx-build -q -W --keep-going -b html docs $(DOCS_OUT)
+	@out=$$(mktemp -d) && $(BIN)/sphinx-build -q -W --keep-going -b html docs "$$out"; rc=$$?; rm -rf "$$out"; exit $$rc
 
 docs: $(BIN)/charlm
 	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html

@@ -24,10 +24,13 @@ source_suffix = {".md": "markdown"}
 exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "comparison.md"]
 root_doc = "index"
 
-myst_enable_extensions = ["dollarmath", "deflist"]
+# No math extension: equations are written in Unicode, as in the code, so pages need no MathJax from a CDN.
+myst_enable_extensions = ["deflist"]
 myst_heading_anchors = 3  # [text](#a-heading) links work as on GitHub
 highlight_language = "text"  # unlabelled blocks are shell sessions and output, not Python
 
+# Docstrings use `single backticks` for code, as Markdown does: render them as code in autodoc too.
+default_role = "literal"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "undoc-members": False}
