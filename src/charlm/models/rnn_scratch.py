@@ -23,6 +23,7 @@ class RNNScratch(nn.Module):
     """
 
     trainable = True
+    rare_inputs_start_quiet = True  # see charlm.models.recurrent.quiet_rare_inputs
 
     def __init__(self, vocab_size: int, options: ScratchRNNOptions) -> None:
         super().__init__()
