@@ -367,7 +367,7 @@ class Killed(BaseException):
 
 
 def test_a_kill_during_the_whole_split_score_leaves_a_summary_and_resume_completes_it(workdir, monkeypatch):
-    from charlm import loop
+    from charlm.training import loop
     from charlm.inference import evaluate_checkpoint
 
     def killed(*args, **kwargs):
@@ -389,7 +389,7 @@ def test_a_kill_during_the_whole_split_score_leaves_a_summary_and_resume_complet
 
 
 def test_a_stop_request_ends_the_whole_split_pass_at_once(workdir, monkeypatch):
-    from charlm import batched_eval
+    from charlm.evaluation import batched_eval
 
     stop, chunks, real_check = threading.Event(), [], batched_eval.check_stop
 

@@ -1,0 +1,58 @@
+"""Calibration: measured once per machine key, then read from the cache."""
+
+import json
+
+import pytest
+
+from charlm.planning import calibrate
+from charlm.planning.calibrate import Calibration, machine_key
+from charlm.planning.planner import Candidate
+
+TINY = Candidate(hidden_size=8, batch_size=2, num_steps=4, embedding_dim=4)
+
+
+def test_a_candidate_is_measured_once_then_read_from_the_cache(tmp_path):
+    path = tmp_path / "throughput.json"
+    first = Calibration("cpu", vocab_size=12, path=path)
+    speed = first(TINY)
+    assert speed > 0 and first.measured == [TINY.key]
+    again = Calibration("cpu", vocab_size=12, path=path)
+    assert again(TINY) == speed and again.measured == []
+    assert json.loads(path.read_text())[machine_key(again.device, again.precision)][TINY.key] == speed
+
+
+def test_recalibrate_measures_again(tmp_path):
+    path = tmp_path / "throughput.json"
+    Calibration("cpu", vocab_size=12, path=path)(TINY)
+    fresh = Calibration("cpu", vocab_size=12, path=path, recalibrate=True)
+    fresh(TINY)
+    assert fresh.measured == [TINY.key]
+
+
+def test_an_unreadable_cache_is_measured_again_not_an_error(tmp_path):
+    path = tmp_path / "throughput.json"
+    path.write_text("{not json")
+    cal = Calibration("cpu", vocab_size=12, path=path)
+    assert cal(TINY) > 0 and cal.measured == [TINY.key]
+
+
+def test_a_model_too_large_for_memory_measures_zero(tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 10 GB")
+
+    monkeypatch.setattr("charlm.models.build_model", no_memory)
+    assert Calibration("cpu", vocab_size=12, path=tmp_path / "t.json")(TINY) == 0.0
+
+
+def test_another_runtime_error_is_not_taken_for_a_misfit(tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr("charlm.models.build_model", bug)
+    with pytest.raises(RuntimeError, match="shape"):
+        Calibration("cpu", vocab_size=12, path=tmp_path / "t.json")(TINY)
+
+
+def test_the_cache_lives_under_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert calibrate.cache_path() == tmp_path / "charlm" / "throughput.json"
