@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from charlm.errors import ConfigError
 from charlm.planning import calibrate
-from charlm.planning.calibrate import Calibration, machine_key
-from charlm.planning.planner import Candidate
+from charlm.planning.calibrate import Calibration, machine_key, planned_config
+from charlm.planning.planner import Budget, Candidate
 
 TINY = Candidate(hidden_size=8, batch_size=2, num_steps=4, embedding_dim=4)
 
@@ -56,3 +57,15 @@ def test_another_runtime_error_is_not_taken_for_a_misfit(tmp_path, monkeypatch):
 def test_the_cache_lives_under_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert calibrate.cache_path() == tmp_path / "charlm" / "throughput.json"
+
+
+def test_a_normalize_override_is_planned_for_as_the_run_reads_the_text(tmp_path, monkeypatch, tiny_text):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text(tiny_text + "ÄÖÜ 123 !?\n", encoding="utf-8")
+    kept, every = planned_config("corpus.txt", Budget(steps=2000))
+    letters, made = planned_config("corpus.txt", Budget(steps=2000), ["data.normalize=letters"])
+    assert (kept.data.normalize, letters.data.normalize, made.config["data"]["normalize"]) == ("none", "letters",
+                                                                                            "letters")
+    assert made.profile.vocab_size <= 28 < every.profile.vocab_size  # measured as letters, not every character
+    with pytest.raises(ConfigError, match="data.normalize"):
+        planned_config("corpus.txt", Budget(steps=2000), ["data.normalize=shout"])

@@ -131,30 +131,33 @@ class Calibration:
             torch.cuda.synchronize(self.device)
 
 
-def measure_corpus(corpus: str, *, device: str = "auto", recalibrate: bool = False, note=None):
+def measure_corpus(corpus: str, *, device: str = "auto", recalibrate: bool = False, note=None,
+                   normalize: str = "none"):
     """(prepared corpus, CorpusProfile, Calibration): `corpus` preprocessed as a planned run reads it
-    (every character kept), and this device's speed, measured as the planner asks."""
+    (every character kept, unless `normalize` says otherwise), and this device's speed, measured as the planner asks."""
     from charlm.config import DataConfig
     from charlm.data.prepare import prepare_for_training
     from charlm.planning.planner import CorpusProfile
     from charlm.device.runtime import resolve_device
 
     note = note or (lambda message: None)
-    prepared = prepare_for_training(DataConfig(corpus=corpus, normalize="none"), on_note=note)
+    prepared = prepare_for_training(DataConfig(corpus=corpus, normalize=normalize), on_note=note)
     profile = CorpusProfile(corpus=corpus, train_tokens=len(prepared.train), vocab_size=len(prepared.vocab),
-                            level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val))
+                            level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val),
+                            normalize=normalize)
     speed = Calibration(resolve_device(device), profile.vocab_size, recalibrate=recalibrate, note=note)
     return prepared, profile, speed
 
 
-def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None, **rules):
+def plan_corpus(corpus: str, budget, *, device: str = "auto", recalibrate: bool = False, note=None,
+                normalize: str = "none", **rules):
     """Preprocess `corpus` as a planned run reads it (every character kept), measure, and plan.
 
     `rules` go to `planner.plan` (`rules=Rules(...)`, `candidates=(...)`), for sweeps and tests.
     """
     from charlm.planning.planner import plan
 
-    _, profile, speed = measure_corpus(corpus, device=device, recalibrate=recalibrate, note=note)
+    _, profile, speed = measure_corpus(corpus, device=device, recalibrate=recalibrate, note=note, normalize=normalize)
     return plan(profile, budget, speed, **rules)
 
 
@@ -168,8 +171,18 @@ def run_name(corpus: str) -> str:
 
 def planned_config(corpus: str, budget, overrides: list[str] | None = None, *, device: str = "auto",
                    recalibrate: bool = False, note=None):
-    """(RunConfig, Plan): the plan for `corpus` as a run config named after the text, `overrides` on top."""
+    """(RunConfig, Plan): the plan for `corpus` as a run config named after the text, `overrides` on top.
+
+    A `data.normalize=...` override is planned for: the text is measured as the run will read it.
+    """
     from charlm.config import build_config
 
-    made = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
+    from charlm.data.text import NORMALIZATIONS
+    from charlm.errors import ConfigError
+
+    normalize = next((o.split("=", 1)[1].strip() for o in overrides or [] if o.split("=", 1)[0].strip()
+                      == "data.normalize" and "=" in o), "none")
+    if normalize not in NORMALIZATIONS:
+        raise ConfigError(f"data.normalize: {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    made = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note, normalize=normalize)
     return build_config(made.config, overrides, name=run_name(corpus)), made

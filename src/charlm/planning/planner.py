@@ -96,6 +96,7 @@ class CorpusProfile:
     vocab_size: int
     level: str = "char"
     val_tokens: int = 0
+    normalize: str = "none"  # as preprocessed: every character kept unless the user asked otherwise
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: 
     steps = max(1, n // (chosen.batch_size * chosen.num_steps))
     lr = _lr(chosen, rules)
     config = {
-        "data": {"corpus": profile.corpus, "normalize": "none", "level": "char", "sampling": "sequential",
+        "data": {"corpus": profile.corpus, "normalize": profile.normalize, "level": "char", "sampling": "sequential",
                  "batch_size": chosen.batch_size, "num_steps": chosen.num_steps},
         "model": {"name": chosen.family, "hidden_size": chosen.hidden_size, "num_layers": chosen.num_layers,
                   "embedding_dim": chosen.embedding_dim, "dropout": dropout},
