@@ -153,11 +153,12 @@ def test_concurrent_requests_from_several_tabs_share_one_loaded_model(client, mo
     import charlm.checkpoint
     from concurrent.futures import ThreadPoolExecutor
 
-    loads = []
-    real_load = charlm.checkpoint.load_model
-    monkeypatch.setattr(charlm.checkpoint, "load_model", lambda file: loads.append(file) or real_load(file))
     expected = {seed: generate_from_checkpoint(client.run_folder, prefix="The", length=30, seed=seed).result
                 for seed in range(6)}
+    expected_bits = score_checkpoint(client.run_folder, "The Time").total_bits
+    loads = []  # from here on, only the server loads
+    real_load = charlm.checkpoint.load_model
+    monkeypatch.setattr(charlm.checkpoint, "load_model", lambda file: loads.append(file) or real_load(file))
 
     def tab(seed):
         if seed % 2:
@@ -168,7 +169,7 @@ def test_concurrent_requests_from_several_tabs_share_one_loaded_model(client, mo
         answers = list(pool.map(tab, range(6)))
     for seed, answer in enumerate(answers):
         if seed % 2:
-            assert answer == score_checkpoint(client.run_folder, "The Time").total_bits
+            assert answer == expected_bits
         else:
             assert answer.json()["text"] == "The" + expected[seed].continuations[0]
     assert len(loads) == 1
