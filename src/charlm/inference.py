@@ -11,9 +11,9 @@ from typing import Callable
 import numpy as np
 
 # Opening a checkpoint for use lives with the checkpoint (derail needs it below this module);
-# inference's callers import these names from here too.
-from charlm.checkpoint import (LoadedModel, check_finite, checkpoint_device, open_checkpoint,  # noqa: F401
-                               training_ids)
+# inference's callers import these names, and load_model, from here too.
+from charlm.checkpoint import (LoadedModel, check_finite, checkpoint_device, load_model,  # noqa: F401
+                               open_checkpoint, training_ids)
 from charlm.data.text import read_text
 from charlm.errors import DataError
 from charlm.evaluation.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
