@@ -33,7 +33,7 @@ class Goal:
     config: str
     seconds: float  # train.max_time for the run
     nats: float  # the full-split nats/char to reach (at most, or below when `strict`)
-    why: str
+    why: str  # the goal in the project's own terms, printed beside the verdict
     strict: bool = False  # "beat": strictly below
 
     def met(self, nats: float) -> bool:
@@ -41,11 +41,11 @@ class Goal:
 
 
 GOALS = [
-    Goal("shakespeare_lstm", 75, 1.45, "issue 14: Tiny Shakespeare in 75 s"),
-    Goal("shakespeare_5min", 300, 1.40, "issue 14: Tiny Shakespeare in 5 minutes (nanoGPT on an A100: 1.4697)"),
-    Goal("shakespeare_gpt", 180, 1.75, "issue 16: the CPU GPT in 3 minutes (nanoGPT's CPU recipe: 1.88)"),
-    Goal("lstm", 280, math.log(3.755), "issue 14: beat lstm.yaml's earlier val perplexity 3.755", strict=True),
-    Goal("gru", 280, math.log(3.839), "issue 14: beat gru.yaml's earlier val perplexity 3.839", strict=True),
+    Goal("shakespeare_lstm", 75, 1.45, "Tiny Shakespeare in 75 s"),
+    Goal("shakespeare_5min", 300, 1.40, "Tiny Shakespeare in 5 minutes (nanoGPT on an A100: 1.4697)"),
+    Goal("shakespeare_gpt", 180, 1.75, "the CPU GPT in 3 minutes (nanoGPT's CPU recipe: 1.88)"),
+    Goal("lstm", 280, math.log(3.755), "beat lstm.yaml's earlier val perplexity 3.755", strict=True),
+    Goal("gru", 280, math.log(3.839), "beat gru.yaml's earlier val perplexity 3.839", strict=True),
 ]
 
 

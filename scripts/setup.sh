@@ -17,5 +17,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     quiet $PIP install -q --retries 1 "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-quiet $PIP install -q -e ".[test]"
+quiet $PIP install -q -e ".[test,docs]"   # docs: `make test` builds the site strictly
 .venv/bin/python -c "import torch, charlm; print(f'charlm {charlm.__version__} with torch {torch.__version__} in .venv')"
