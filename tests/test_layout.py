@@ -33,6 +33,7 @@ from charlm._moved import MOVED
 SRC = Path(__file__).resolve().parents[1] / "src" / "charlm"
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS.parent / "scripts"
+DOCS = TESTS.parent / "docs"
 
 ORDER = [("foundation",), ("config",), ("data",), ("device",), ("models",), ("checkpoint",), ("evaluation",),
          ("generation",), ("training",), ("train", "inference"), ("planning",), ("serve",), ("cli",)]
@@ -147,9 +148,9 @@ def test_the_layering_check_sees_an_upward_import():
     assert RANK[part_of(target)] > RANK[part_of("charlm.evaluation.derail")]
 
 
-def test_tests_and_scripts_import_the_new_paths():
+def test_tests_scripts_and_the_docs_extension_use_the_new_paths():
     old = re.compile(r"\b(" + "|".join(re.escape(name) for name in MOVED) + r")\b(?![\w/])")
-    files = [p for p in [*TESTS.rglob("*.py"), *SCRIPTS.glob("*.py"), *sources()]
+    files = [p for p in [*TESTS.rglob("*.py"), *SCRIPTS.glob("*.py"), *DOCS.rglob("*.py"), *sources()]
              if p.name not in ("test_layout.py", "_moved.py")]  # the two that name the old paths on purpose
     hits = [f"{p}:{n}: {line.strip()}" for p in files
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if old.search(line)]
