@@ -116,6 +116,9 @@ def warmup_profile(checkpoint: str, data: str | None, points: int = 64, precisio
     print(f"batched: {scored.segments} segments, {scored.reruns} reruns in {scored.rounds} rounds, {batched_s:.1f}s, "
           f"perplexity {ppl:.6f}; B = 1: {one_s:.1f}s, perplexity {one.perplexity:.6f} "
           f"(relative difference {abs(ppl / one.perplexity - 1):.1e}); {one_s / batched_s:.2f}x")
+    if precision != "fp32":
+        fp32 = evaluate_ids(model, ids, segments=1).perplexity
+        print(f"fp32 B = 1: perplexity {fp32:.6f}; batched {precision} against it: {ppl / fp32 - 1:+.1e}")
 
 
 def main(argv: list[str] | None = None) -> None:

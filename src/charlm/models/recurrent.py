@@ -13,6 +13,22 @@ from charlm.device.precision import run_rnn
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+EMBEDDING_INIT = 0.1
+
+
+def small_embedding(vocab_size: int, dim: int) -> nn.Embedding:
+    """An embedding drawn from U(−0.1, 0.1), as in PyTorch's word_language_model, not torch's N(0, 1).
+
+    A character the text holds a few times keeps its initial row. At N(0, 1) that row is as long
+    as a trained one and points anywhere, so a prompt that starts with it (`[`, `V`, a digit)
+    drives a recurrent state from zero to where training never went, and the model does not
+    recover (docs/derailing.md). A small row leaves such a character close to no input at all.
+    """
+    embedding = nn.Embedding(vocab_size, dim)
+    nn.init.uniform_(embedding.weight, -EMBEDDING_INIT, EMBEDDING_INIT)
+    return embedding
+
+
 class RecurrentLM(nn.Module):
     """Input (one-hot or embedding) → stacked recurrent layers → dropout → linear decoder.
 
@@ -29,7 +45,7 @@ class RecurrentLM(nn.Module):
         self.num_layers = num_layers = options.num_layers
         embedding_dim, dropout = options.embedding_dim, options.dropout
         # embedding_dim None means one-hot input, as in D2L: the layer's input_size is V.
-        self.embedding = None if embedding_dim is None else nn.Embedding(vocab_size, embedding_dim)
+        self.embedding = None if embedding_dim is None else small_embedding(vocab_size, embedding_dim)
         self.rnn = self.layer_class(
             input_size=vocab_size if embedding_dim is None else embedding_dim,
             hidden_size=hidden_size,

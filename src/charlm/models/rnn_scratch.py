@@ -10,6 +10,7 @@ from torch import nn
 
 from charlm.config.model_options import ScratchRNNOptions
 from charlm.models import register_model
+from charlm.models.recurrent import small_embedding
 
 
 @register_model("rnn_scratch")
@@ -34,7 +35,7 @@ class RNNScratch(nn.Module):
         self.embedding = None
         if embedding_dim is not None:
             input_size = embedding_dim
-            self.embedding = nn.Embedding(vocab_size, embedding_dim)
+            self.embedding = small_embedding(vocab_size, embedding_dim)
         bound = 1.0 / math.sqrt(hidden_size)
 
         def uniform(*shape: int) -> nn.Parameter:
