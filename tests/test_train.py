@@ -42,6 +42,17 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_new_run_starts_its_rare_characters_quiet_counted_on_the_training_split(workdir, monkeypatch):
+    import charlm.train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "quiet_rare_inputs", lambda model, counts: seen.append(counts))
+    train(tiny("data.normalize=none"), run_dir="run", handle_signals=False)
+    corpus = load_corpus(next((workdir / "data").iterdir()))
+    assert len(seen) == 1 and seen[0].tolist() == np.bincount(corpus.train, minlength=len(corpus.vocab)).tolist()
+    assert seen[0].min() < 100 <= seen[0].max()  # the text has rare characters, and frequent ones
+
+
 def test_a_run_writes_everything_and_learns(workdir):
     result = train(tiny(), handle_signals=False)
     run = workdir / "runs" / "tiny"

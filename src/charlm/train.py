@@ -11,11 +11,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from charlm.training import distributed
-
 from charlm.device import runtime
+from charlm.training import distributed
 from charlm.checkpoint import check_same_vocab, load_checkpoint, load_weights
 from charlm.training.checkpoint_checks import check_train_state
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
@@ -26,6 +26,7 @@ from charlm.training.distributed import Dist
 from charlm.errors import ConfigError
 from charlm.training.loop import Event, Trainer, TrainingDiverged, TrainResult
 from charlm.models import build_model, model_class
+from charlm.models.recurrent import quiet_rare_inputs
 from charlm.training.rundir import RunDir
 from charlm.training.schedule import lr_factor, make_optimizer, run_progress
 from charlm.training.tensorboard import require_tensorboard
@@ -102,6 +103,8 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
     model, model_args = _build(cfg, len(corpus.vocab))
     if start is not None:
         _load_init(model, model_args, start, cfg, corpus)
+    else:
+        quiet_rare_inputs(model, token_counts(corpus.train, len(corpus.vocab)))
     model.to(device)
     runtime.seed_rank(t.seed, dist.rank, dist.world_size)
     trainer = Trainer(cfg, model, corpus, run, device, dist, emit, model_args)  # checks batches against the model
@@ -113,6 +116,14 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
     # A counting model counts again; a resume's first write waits for its first checkpoint (see RunDir.start).
     run.start(dump_yaml(cfg), corpus.vocab, (trainer.step if trainer.trainable else -1) if resume else None)
     return trainer
+
+
+def token_counts(ids, vocab_size: int, block: int = 1 << 24) -> np.ndarray:
+    """How many times each id occurs in `ids` (a memmap is read in blocks)."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for lo in range(0, len(ids), block):
+        counts += np.bincount(np.asarray(ids[lo:lo + block]), minlength=vocab_size)[:vocab_size]
+    return counts
 
 
 def _check_work_left(trainer: Trainer, run: RunDir) -> None:

@@ -22,8 +22,6 @@ def model_of(name, embedding_dim=8, num_layers=1, seed=0, hidden_size=24):
         options = dict(embedding_dim=16, num_heads=2, num_layers=2, context=16)
     model, _ = build_model(name, len(VOCAB), **options)
     with torch.no_grad():  # sharper than the init, so the text depends on the weights
-        if name != "gpt" and model.embedding is not None:
-            model.embedding.weight.normal_()  # a trained row's scale, not the small initial one
         for p in model.parameters():
             p.mul_(3.0)
     return model.eval()
@@ -105,11 +103,10 @@ def test_weights_changed_between_calls_are_seen():
     model = model_of("lstm")
     params = GenerateConfig(length=50, strategy="greedy")
     before = generate(model, VOCAB, "the", params).continuations
-    target = next(c for c in "zqxj" if c not in before[0])
     with torch.no_grad():
-        model.decoder.bias[VOCAB.id_of(target)] += 100.0
+        model.decoder.bias[VOCAB.id_of("z")] += 100.0
     after = generate(model, VOCAB, "the", params).continuations
-    assert after == [target * 50]
+    assert before != after and after == ["z" * 50]
 
 
 @pytest.mark.parametrize("batch, threads_in_steps", [(1, 1), (fastgen.ONE_THREAD_BATCH + 1, 2)])

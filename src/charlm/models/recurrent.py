@@ -13,20 +13,23 @@ from charlm.device.precision import run_rnn
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-EMBEDDING_INIT = 0.1
+# A token the training text holds fewer times than this starts with its embedding row scaled by
+# count / RARE_TOKEN_COUNT. Adam moves a row by about lr per element each time its token appears,
+# so a row seen fewer than ~1/lr times (77-100 at the shipped rates) keeps most of its N(0, 1)
+# start: as long as a trained row and pointing anywhere. Read from zero, such a row threw the
+# state where training never went and the model never recovered (docs/derailing.md: `[` or `V`
+# starting a prompt). Rows of tokens seen that often are untouched, so is the random stream.
+RARE_TOKEN_COUNT = 100
 
 
-def small_embedding(vocab_size: int, dim: int) -> nn.Embedding:
-    """An embedding drawn from U(−0.1, 0.1), as in PyTorch's word_language_model, not torch's N(0, 1).
-
-    A character the text holds a few times keeps its initial row. At N(0, 1) that row is as long
-    as a trained one and points anywhere, so a prompt that starts with it (`[`, `V`, a digit)
-    drives a recurrent state from zero to where training never went, and the model does not
-    recover (docs/derailing.md). A small row leaves such a character close to no input at all.
-    """
-    embedding = nn.Embedding(vocab_size, dim)
-    nn.init.uniform_(embedding.weight, -EMBEDDING_INIT, EMBEDDING_INIT)
-    return embedding
+def quiet_rare_inputs(model: nn.Module, counts) -> None:
+    """Scale the embedding rows of rare tokens (`counts`: per id, in the training split) toward zero."""
+    embedding = getattr(model, "embedding", None)
+    if not getattr(model, "rare_inputs_start_quiet", False) or not isinstance(embedding, nn.Embedding):
+        return
+    scale = (torch.as_tensor(counts, dtype=torch.float32) / RARE_TOKEN_COUNT).clamp(max=1.0)
+    with torch.no_grad():
+        embedding.weight.mul_(scale[:, None].to(embedding.weight))
 
 
 class RecurrentLM(nn.Module):
@@ -36,6 +39,7 @@ class RecurrentLM(nn.Module):
     """
 
     trainable = True
+    rare_inputs_start_quiet = True  # see quiet_rare_inputs
     layer_class: type[nn.RNNBase] = nn.RNN
 
     def __init__(self, vocab_size: int, options: RecurrentOptions) -> None:
@@ -45,7 +49,7 @@ class RecurrentLM(nn.Module):
         self.num_layers = num_layers = options.num_layers
         embedding_dim, dropout = options.embedding_dim, options.dropout
         # embedding_dim None means one-hot input, as in D2L: the layer's input_size is V.
-        self.embedding = None if embedding_dim is None else small_embedding(vocab_size, embedding_dim)
+        self.embedding = None if embedding_dim is None else nn.Embedding(vocab_size, embedding_dim)
         self.rnn = self.layer_class(
             input_size=vocab_size if embedding_dim is None else embedding_dim,
             hidden_size=hidden_size,

@@ -10,7 +10,6 @@ from torch import nn
 
 from charlm.config.model_options import ScratchRNNOptions
 from charlm.models import register_model
-from charlm.models.recurrent import small_embedding
 
 
 @register_model("rnn_scratch")
@@ -24,6 +23,7 @@ class RNNScratch(nn.Module):
     """
 
     trainable = True
+    rare_inputs_start_quiet = True  # see charlm.models.recurrent.quiet_rare_inputs
 
     def __init__(self, vocab_size: int, options: ScratchRNNOptions) -> None:
         super().__init__()
@@ -35,7 +35,7 @@ class RNNScratch(nn.Module):
         self.embedding = None
         if embedding_dim is not None:
             input_size = embedding_dim
-            self.embedding = small_embedding(vocab_size, embedding_dim)
+            self.embedding = nn.Embedding(vocab_size, embedding_dim)
         bound = 1.0 / math.sqrt(hidden_size)
 
         def uniform(*shape: int) -> nn.Parameter:
