@@ -13,23 +13,23 @@ from charlm.device.precision import run_rnn
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-# A token the training text holds fewer times than this starts with its embedding row scaled by
-# count / RARE_TOKEN_COUNT. Adam moves a row by about lr per element each time its token appears,
-# so a row seen fewer than ~1/lr times (77-100 at the shipped rates) keeps most of its N(0, 1)
-# start: as long as a trained row and pointing anywhere. Read from zero, such a row threw the
-# state where training never went and the model never recovered (docs/derailing.md: `[` or `V`
-# starting a prompt). Rows of tokens seen that often are untouched, so is the random stream.
+# A token the training text holds fewer times than this starts with a zero embedding row. Adam
+# moves a row by about lr per element each time its token appears, so a row seen fewer than ~1/lr
+# times (77-100 at the shipped rates) keeps most of its N(0, 1) start: as long as a trained row and
+# pointing anywhere. Read from zero, such a row threw the state where training never went and the
+# model never recovered (docs/derailing.md: `[` or `V` starting a prompt); scaled by count/100 it
+# still did. Rows of tokens seen that often are untouched, and so is the random stream.
 RARE_TOKEN_COUNT = 100
 
 
 def quiet_rare_inputs(model: nn.Module, counts) -> None:
-    """Scale the embedding rows of rare tokens (`counts`: per id, in the training split) toward zero."""
+    """Zero the embedding rows of rare tokens (`counts`: per id, in the training split)."""
     embedding = getattr(model, "embedding", None)
     if not getattr(model, "rare_inputs_start_quiet", False) or not isinstance(embedding, nn.Embedding):
         return
-    scale = (torch.as_tensor(counts, dtype=torch.float32) / RARE_TOKEN_COUNT).clamp(max=1.0)
+    rare = torch.as_tensor(counts) < RARE_TOKEN_COUNT
     with torch.no_grad():
-        embedding.weight.mul_(scale[:, None].to(embedding.weight))
+        embedding.weight[rare.to(embedding.weight.device)] = 0.0
 
 
 class RecurrentLM(nn.Module):
