@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from bench_train import bench_cases, cpu_report, make_step, pick_clock, rate, vocab_of
-from charlm.batched_eval import TOLERANCE, _far, score_batched
-from charlm.distributed import state_batch_dims
-from charlm.evaluate import evaluate_ids
+from charlm.evaluation.batched_eval import TOLERANCE, _far, score_batched
+from charlm.training.distributed import state_batch_dims
+from charlm.evaluation.evaluate import evaluate_ids
 from charlm.models import build_model
 from charlm.train import model_options
 

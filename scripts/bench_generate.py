@@ -6,7 +6,7 @@ Randomly initialised models at the shipped configs' sizes (V = 28, letters + spa
 At each batch size and length it prints characters/s for:
   plain  generate(..., fast=False): the model's own forward on (B, 1) with the state carried,
          the baseline every other column is a ratio to;
-  fp32   charlm.fastgen's step, the default (bit-for-bit the plain path's text);
+  fp32   charlm.generation.fastgen's step, the default (bit-for-bit the plain path's text);
   bf16, int8  the opt-in `generate --precision` weights of the recurrent step;
 and, at batch 1, "naive": re-running the whole text at every step (the lesson of carrying state).
 Before the table, the floor measured in the same run: a bare rnn 1x512 step (recurrent addmv +
@@ -33,9 +33,9 @@ from bench_train import cpu_report  # noqa: E402  (a sibling script)
 
 from charlm.config import GenerateConfig  # noqa: E402
 from charlm.data.vocab import Vocab  # noqa: E402
-from charlm.generate import generate  # noqa: E402
+from charlm.generation.generate import generate  # noqa: E402
 from charlm.models import build_model  # noqa: E402
-from charlm.sampling import get_strategy  # noqa: E402
+from charlm.generation.sampling import get_strategy  # noqa: E402
 
 PREFIX = "time traveller"
 CONFIGS = {  # label: (model name, options)
@@ -163,7 +163,7 @@ GPT_QUICK = {"lstm 1x16": ("lstm", {"hidden_size": 16, "num_layers": 1, "embeddi
 
 def gpt_section(vocab, clock, repeats: int, quick: bool) -> None:
     """Where a gpt's generation time goes at batch 1, past its context: threads, window re-runs, the cache."""
-    from charlm import fastgen
+    from charlm.generation import fastgen
 
     length = 40 if quick else 400
     print(f"\ngpt against lstm, B=1, {length} chars from {PREFIX!r} (past the context): chars/s with one thread "

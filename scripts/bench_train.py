@@ -28,9 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from charlm.config import build_config, load_config
-from charlm.distributed import Dist
+from charlm.training.distributed import Dist
 from charlm.models import build_model, model_class
-from charlm.shipped import shipped_configs
+from charlm.config.shipped import shipped_configs
 from charlm.train import Trainer, model_options
 
 # Vocabulary sizes of the shipped corpora as the configs normalise them (with <unk>).
@@ -50,7 +50,7 @@ def cpu_report() -> list[str]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:  # not Linux: the model from platform, no flags
         pass
-    from charlm.precision import cpu_has_native_bf16
+    from charlm.device.precision import cpu_has_native_bf16
 
     have = {f: ("yes" if f in flags else "no") for f in ("avx512_bf16", "amx_bf16", "avx512f")} if flags else {}
     return [f"cpu: {model}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "

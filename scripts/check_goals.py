@@ -24,7 +24,7 @@ from bench_train import cpu_report  # noqa: E402  (a sibling script)
 
 from charlm.config import build_config, load_config  # noqa: E402
 from charlm.inference import evaluate_checkpoint  # noqa: E402
-from charlm.shipped import shipped_configs  # noqa: E402
+from charlm.config.shipped import shipped_configs  # noqa: E402
 from charlm.train import train  # noqa: E402
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from bench_train import cpu_report
 
-from charlm.calibrate import plan_corpus
+from charlm.planning.calibrate import plan_corpus
 from charlm.config import build_config, load_config
 from charlm.inference import evaluate_checkpoint
-from charlm.planner import Budget, Candidate, Rules, parse_duration
-from charlm.shipped import shipped_configs
+from charlm.planning.planner import Budget, Candidate, Rules, parse_duration
+from charlm.config.shipped import shipped_configs
 from charlm.train import train
 
 BY_HAND = ("shakespeare_5min", "shakespeare_gpt")

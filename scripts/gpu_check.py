@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from charlm.config import GenerateConfig, load_config
 from charlm.data.prepare import prepare_for_training
-from charlm.distributed import Dist
-from charlm.generate import generate
+from charlm.training.distributed import Dist
+from charlm.generation.generate import generate
 from charlm.inference import generate_from_checkpoint
 from charlm.models import build_model
-from charlm.precision import resolve_precision
-from charlm.shipped import shipped_configs
+from charlm.device.precision import resolve_precision
+from charlm.config.shipped import shipped_configs
 from charlm.train import Trainer, make_optimizer, model_options, train
 
 RECURRENT = {"rnn_scratch", "rnn", "gru", "lstm"}
@@ -276,7 +276,7 @@ def greedy_block_rates(check, model, batch, unroll=32, blocks=20) -> dict:
 
 
 def generation(check):
-    """(c) chars/s of charlm.generate at batch 1 and 256, and a greedy step replayed as a CUDA graph."""
+    """(c) chars/s of charlm.generation.generate at batch 1 and 256, and a greedy step replayed as a CUDA graph."""
     table = check.figures.setdefault("generation", {})
     corpus = prepare_for_training(check.config("shakespeare_lstm").data)
     length = 16 if check.args.dry_run else 500

@@ -3,7 +3,7 @@
 For each corpus and budget, trains the planned config and, changing one thing at a time, the next
 smaller and larger model of the ladder, the learning rate halved and doubled, and dropout 0.1
 lower and higher; every best.pt scored on the full validation split. Where a neighbour wins, the
-rule behind that factor (`charlm.planner.Rules`) is off for that text and budget. Prints a table
+rule behind that factor (`charlm.planning.planner.Rules`) is off for that text and budget. Prints a table
 per corpus and budget with the CPU, and appends every row to a JSON lines file for refitting.
 
     python scripts/plan_sweep.py --time 90s 5m --out sweep.jsonl CORPUS...
@@ -20,9 +20,9 @@ from pathlib import Path
 from bench_train import cpu_report
 from compare_planner import score
 
-from charlm.calibrate import plan_corpus
+from charlm.planning.calibrate import plan_corpus
 from charlm.config import build_config
-from charlm.planner import CANDIDATES, Budget, parse_duration
+from charlm.planning.planner import CANDIDATES, Budget, parse_duration
 
 
 def neighbours(planned) -> list[tuple[str, dict]]:

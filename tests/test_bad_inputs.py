@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import invoke
-from charlm import safe_yaml
+from charlm.config import safe_yaml
 from charlm.config import RunConfig, build_config, config_from_dict, dump_yaml, valid_keys
 from charlm.errors import ConfigError
 
@@ -580,7 +580,7 @@ def test_huge_single_line_evaluates(ws, huge_line, monkeypatch):
 
 # ---------------------------------------------------------------- fuzz: config overrides
 # (Vocabulary round trips, batch coverage and sampling sets have their own properties in
-# tests/test_vocab.py, tests/test_batches.py and tests/test_sampling.py.)
+# tests/data/test_vocab.py, tests/data/test_batches.py and tests/generation/test_sampling.py.)
 
 KEYS = valid_keys()
 TRICKY = ["", " ", "null", "~", "nan", "-nan", ".inf", "-.inf", "inf", "1e400", "-1e400", "9" * 400, "-" + "9" * 40,

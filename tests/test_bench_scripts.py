@@ -162,7 +162,7 @@ def test_compare_planner_scores_the_plan_beside_the_baselines_on_the_full_split(
 
 
 def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan():
-    from charlm.planner import Budget, CorpusProfile, plan
+    from charlm.planning.planner import Budget, CorpusProfile, plan
 
     planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(steps=3000), None)
     variants = dict(load_script("plan_sweep").neighbours(planned))

@@ -18,7 +18,7 @@ import torch
 from charlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from charlm.config import build_config, dump_yaml
 from charlm.inference import evaluate_checkpoint, generate_from_checkpoint
-from charlm.precision import exact_fp32, resolve_precision
+from charlm.device.precision import exact_fp32, resolve_precision
 from charlm.train import train
 
 DEVICE = os.environ.get("CHARLM_TEST_DEVICE", "cuda")
@@ -91,7 +91,7 @@ def test_bf16_keeps_cudnn_recurrent_layers_out_of_fp16():
             out, _ = model.rnn(model.embedding(ids))
         if out.dtype != torch.float16:
             pytest.skip(f"this torch runs cuDNN RNNs in {out.dtype} under bf16 autocast: "
-                        "charlm.precision.run_rnn's fp32 guard may no longer be needed")
+                        "charlm.device.precision.run_rnn's fp32 guard may no longer be needed")
 
 
 @pytest.mark.cuda
@@ -178,8 +178,8 @@ def test_the_collectives_charlm_uses_run_over_nccl(workdir, tmp_path):
     # distributed, which sends every call down its collective path.
     import torch.distributed as torch_dist
 
-    from charlm.distributed import Dist
-    from charlm.evaluate import evaluate_ids
+    from charlm.training.distributed import Dist
+    from charlm.evaluation.evaluate import evaluate_ids
     from charlm.models import build_model
 
     class OneRankJob(Dist):
@@ -217,7 +217,7 @@ def test_the_collectives_charlm_uses_run_over_nccl(workdir, tmp_path):
 @pytest.mark.cuda
 @cuda
 def test_a_gpu_that_is_not_there_is_one_line(workdir):
-    from charlm.distributed import resolve_device
+    from charlm.training.distributed import resolve_device
     from charlm.errors import ConfigError
 
     if not ON_GPU:

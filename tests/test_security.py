@@ -1,6 +1,6 @@
 """Hostile inputs: pickles that run code, YAML tags that run code, paths that climb out.
 
-(charlm downloads nothing: the built-in corpora ship in the package, see tests/test_text.py.)
+(charlm downloads nothing: the built-in corpora ship in the package, see tests/data/test_text.py.)
 """
 
 from __future__ import annotations

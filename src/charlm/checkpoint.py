@@ -1,18 +1,21 @@
-"""The only place that saves and loads checkpoints: atomic writes, `weights_only` loads."""
+"""The only place that saves and loads checkpoints: atomic writes, `weights_only` loads; opening one for use."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from charlm import __version__
 from charlm.config import RunConfig, config_from_dict
 from charlm.data.vocab import Vocab, vocab_digest
-from charlm.errors import CharLMError, CheckpointError
+from charlm.device.runtime import resolve_device
+from charlm.errors import CharLMError, CheckpointError, DataError
 from charlm.safe_write import WriteError, replacing, write_atomic
 
 FORMAT_VERSION = 1
@@ -249,6 +252,44 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         raise CheckpointError(f"{payload['path']} does not describe a usable model ({first})") from None
     model.to(device).eval()
     return LoadedModel(model=model, vocab=vocab, config=config, checkpoint=payload)
+
+
+def open_checkpoint(checkpoint, device: str) -> LoadedModel:
+    """A checkpoint path (or None: the latest run), or a model loaded already (kept on its device)."""
+    if isinstance(checkpoint, LoadedModel):
+        return checkpoint
+    loaded = load_model(checkpoint, device=resolve_device(device))
+    check_finite(loaded)
+    return loaded
+
+
+def check_finite(loaded: LoadedModel) -> None:
+    """Refuse a model with NaN or inf weights: every score would be NaN and every sample noise."""
+    for name, tensor in itertools.chain(loaded.model.named_parameters(), loaded.model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{loaded.checkpoint.get('path', 'the checkpoint')}: the weights ({name}) hold "
+                                  "NaN or inf, so it cannot score or generate; use an earlier checkpoint")
+
+
+def training_ids(loaded: LoadedModel, split: str) -> np.ndarray:
+    """The run's own train or val split, memory-mapped from the folder it was trained on."""
+    from charlm.data.corpus import load_corpus
+
+    folder = loaded.checkpoint.get("data_dir")
+    if not folder or not Path(folder).is_dir():
+        raise DataError(f"the run's data folder {folder} is gone; pass --data FILE to score a text file")
+    corpus = load_corpus(folder)
+    payload = loaded.checkpoint
+    check_same_vocab(payload["vocab"], payload.get("vocab_sha256"), payload["path"], corpus.vocab, folder,
+                     f"the run's {split} split")
+    return getattr(corpus, split)
+
+
+def checkpoint_device(loaded: LoadedModel) -> torch.device:
+    """Where the loaded model's tensors are."""
+    from charlm.models import model_device
+
+    return model_device(loaded.model)
 
 
 def record_latest_run(run_dir: str | Path) -> None:

@@ -10,49 +10,16 @@ from typing import Callable
 
 import numpy as np
 
-from charlm.checkpoint import LoadedModel, check_same_vocab, load_model
+# Opening a checkpoint for use lives with the checkpoint (derail needs it below this module);
+# inference's callers import these names, and load_model, from here too.
+from charlm.checkpoint import (LoadedModel, check_finite, checkpoint_device, load_model,  # noqa: F401
+                               open_checkpoint, training_ids)
 from charlm.data.text import read_text
-from charlm.distributed import resolve_device
-from charlm.errors import CheckpointError, DataError
-from charlm.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
+from charlm.errors import DataError
+from charlm.evaluation.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.config import GenerateConfig
-from charlm.generate import GenerationResult, check_params, copied_lines, generate, model_device, novelty
-from charlm.precision import scoring_precision
-
-
-def open_checkpoint(checkpoint, device: str) -> LoadedModel:
-    """A checkpoint path (or None: the latest run), or a model loaded already (kept on its device)."""
-    if isinstance(checkpoint, LoadedModel):
-        return checkpoint
-    loaded = load_model(checkpoint, device=resolve_device(device))
-    check_finite(loaded)
-    return loaded
-
-
-def check_finite(loaded: LoadedModel) -> None:
-    """Refuse a model with NaN or inf weights: every score would be NaN and every sample noise."""
-    import itertools
-
-    import torch
-
-    for name, tensor in itertools.chain(loaded.model.named_parameters(), loaded.model.named_buffers()):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{loaded.checkpoint.get('path', 'the checkpoint')}: the weights ({name}) hold "
-                                  "NaN or inf, so it cannot score or generate; use an earlier checkpoint")
-
-
-def training_ids(loaded: LoadedModel, split: str) -> np.ndarray:
-    """The run's own train or val split, memory-mapped from the folder it was trained on."""
-    from charlm.data.corpus import load_corpus
-
-    folder = loaded.checkpoint.get("data_dir")
-    if not folder or not Path(folder).is_dir():
-        raise DataError(f"the run's data folder {folder} is gone; pass --data FILE to score a text file")
-    corpus = load_corpus(folder)
-    payload = loaded.checkpoint
-    check_same_vocab(payload["vocab"], payload.get("vocab_sha256"), payload["path"], corpus.vocab, folder,
-                     f"the run's {split} split")
-    return getattr(corpus, split)
+from charlm.generation.generate import GenerationResult, check_params, copied_lines, generate, novelty
+from charlm.device.precision import scoring_precision
 
 
 @dataclass(frozen=True)
@@ -93,10 +60,6 @@ def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu",
 def _described(result: EvalResult, loaded: LoadedModel, data: str) -> CheckpointEvaluation:
     return CheckpointEvaluation(**result.to_dict(), checkpoint=str(loaded.checkpoint["path"]), data=data,
                                 level=loaded.level)
-
-
-def checkpoint_device(loaded: LoadedModel):
-    return model_device(loaded.model)
 
 
 def run_precision(loaded: LoadedModel, requested: str = "auto") -> str:
@@ -151,7 +114,7 @@ def generate_from_checkpoint(checkpoint=None, *, device: str = "cpu", check_nove
 
 
 # score prints (or lists in JSON) every character with its surprisal: past this it is no longer
-# something to read (the scoring itself is batched, see charlm.batched_eval; printing is the limit).
+# something to read (the scoring itself is batched, see charlm.evaluation.batched_eval; printing is the limit).
 MAX_SCORE_CHARS = 100_000
 
 

@@ -14,21 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlm import distributed, runtime
+from charlm.device import runtime
+from charlm.training import distributed
 from charlm.checkpoint import check_same_vocab, load_checkpoint, load_weights
-from charlm.checkpoint_checks import check_train_state
+from charlm.training.checkpoint_checks import check_train_state
 from charlm.config import RESUMABLE_KEYS, RunConfig, changed_keys, config_from_dict, dump_yaml
 from charlm.data.prepare import folder_settings, prepare_for_training
 from charlm.data.remap import in_vocabulary
 from charlm.data.vocab import Vocab
-from charlm.distributed import Dist
+from charlm.training.distributed import Dist
 from charlm.errors import ConfigError
-from charlm.loop import Event, Trainer, TrainingDiverged, TrainResult
+from charlm.training.loop import Event, Trainer, TrainingDiverged, TrainResult
 from charlm.models import build_model, model_class
 from charlm.models.recurrent import quiet_rare_inputs
-from charlm.rundir import RunDir
-from charlm.schedule import lr_factor, make_optimizer, run_progress
-from charlm.tensorboard import require_tensorboard
+from charlm.training.rundir import RunDir
+from charlm.training.schedule import lr_factor, make_optimizer, run_progress
+from charlm.training.tensorboard import require_tensorboard
 
 __all__ = ["train", "open_run", "model_options", "Trainer", "TrainResult", "TrainingDiverged", "lr_factor",
            "make_optimizer", "run_progress"]

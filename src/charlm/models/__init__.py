@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from charlm.errors import ConfigError
-from charlm.model_options import FAMILIES, build_options, option_names
+from charlm.config.model_options import FAMILIES, build_options, option_names
 from charlm.registry import Registry
 
 # The one piece of module-level mutable state the library allows: filled at import time by
@@ -18,14 +19,14 @@ _REGISTRY: Registry[type[nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make the model buildable as `name`, from the options charlm.model_options
+    """Class decorator: make the model buildable as `name`, from the options charlm.config.model_options
     registers for `name`; the class is built as `cls(vocab_size, options)`."""
 
     def decorator(cls: type[nn.Module]) -> type[nn.Module]:
         if not isinstance(getattr(cls, "trainable", None), bool):
             raise TypeError(f"{cls.__name__} must set the class attribute `trainable: bool`")
         if name not in FAMILIES.names():
-            raise TypeError(f"model {name!r} has no options class: add one to charlm.model_options")
+            raise TypeError(f"model {name!r} has no options class: add one to charlm.config.model_options")
         return _REGISTRY.register(name)(cls)
 
     return decorator
@@ -79,12 +80,29 @@ def detach_state(state: State) -> State:
 
 def restart_rows(state: State, fresh: State, rows: torch.Tensor, dims) -> State:
     """`state` with the batch rows where `rows` (bool, B) is true taken from `fresh` (an init_state);
-    `dims` gives each leaf's batch dim (charlm.distributed.state_batch_dims)."""
+    `dims` gives each leaf's batch dim (state_batch_dims)."""
     if isinstance(state, torch.Tensor):
         shape = [1] * state.dim()
         shape[dims] = -1
         return torch.where(rows.view(shape), fresh.to(state.dtype), state)
     return type(state)(restart_rows(s, f, rows, d) for s, f, d in zip(state, fresh, dims))
+
+
+def state_batch_dims(model: nn.Module):
+    """Which dim of each carried-state tensor is the batch: (L, B, H) → 1, (B, H) → 0, per leaf."""
+    def dims(one, two):
+        if isinstance(one, torch.Tensor):
+            return next(d for d in range(one.dim()) if one.shape[d] != two.shape[d])
+        return tuple(dims(a, b) for a, b in zip(one, two))
+
+    return dims(model.init_state(1, "cpu"), model.init_state(2, "cpu"))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's tensors are (CPU for a model that has none)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 # Imported last so their @register_model calls find the registry defined above.

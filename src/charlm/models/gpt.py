@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.errors import ConfigError
-from charlm.model_options import GPTOptions
+from charlm.config.model_options import GPTOptions
 from charlm.models import register_model
 
 # (tokens (B, n), k_1, v_1, ..., k_L, v_L): the n ≤ context tokens in the window and, per layer,

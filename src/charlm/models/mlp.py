@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.model_options import MLPOptions
+from charlm.config.model_options import MLPOptions
 from charlm.models import register_model
 
 

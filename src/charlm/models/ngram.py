@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from charlm.errors import DataError
-from charlm.model_options import NGramOptions
+from charlm.config.model_options import NGramOptions
 from charlm.models import register_model
 
 # Columns of context_stats_{k}: per context, for raw counts then for continuation counts,

@@ -1,4 +1,4 @@
-"""`rnn`, `gru` and `lstm`: one body over torch.nn's recurrent layers (generation's fast step: charlm.fastgen)."""
+"""`rnn`, `gru` and `lstm`: one body over torch.nn's recurrent layers (the fast step: charlm.generation.fastgen)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.model_options import RecurrentOptions
+from charlm.config.model_options import RecurrentOptions
 from charlm.models import register_model
-from charlm.precision import run_rnn
+from charlm.device.precision import run_rnn
 
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 

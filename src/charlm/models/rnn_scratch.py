@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.model_options import ScratchRNNOptions
+from charlm.config.model_options import ScratchRNNOptions
 from charlm.models import register_model
 
 

@@ -60,8 +60,7 @@ class RunModels:
         return name, path
 
     def get(self, name: str | None):
-        from charlm.checkpoint import checkpoint_file, load_model
-        from charlm.inference import check_finite
+        from charlm.checkpoint import check_finite, checkpoint_file, load_model
 
         name, path = self.folder(name)
         try:
@@ -113,7 +112,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 
 def _read_config(path: Path) -> Any:
-    from charlm import safe_yaml
+    from charlm.config import safe_yaml
 
     try:
         return _jsonable(safe_yaml.load_file(path))

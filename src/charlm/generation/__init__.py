@@ -1,0 +1,1 @@
+"""Continuing a prompt: the next-token strategies, the recurrent fast step, and the decode loop."""

@@ -1,0 +1,242 @@
+"""The planner: a whole run config from the corpus, a budget and this device's measured speed.
+
+`plan()` is pure: it takes the corpus's size, the budget and a throughput table (tokens/s per
+candidate model, measured by `charlm.planning.calibrate` on this device) and returns the config and the
+reasons for it. The rules are a few numbers in `RULES`; `scripts/plan_sweep.py` measures the runs
+they were read from and can refit them on another machine. No torch here, so tests can plan
+against a made-up throughput table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from charlm.errors import ConfigError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90', '90s', '5m', '1h', '1h30m' or '2.5m'."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+            raise ConfigError(f"--time: '{text}' is not a duration (examples: 90s, 5m, 1h30m)") from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"--time: '{text}' must be a positive duration (examples: 90s, 5m, 1h30m)")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model shape the planner may choose: an LSTM of `num_layers` × `hidden_size` on batch × num_steps."""
+
+    hidden_size: int
+    num_layers: int = 1
+    batch_size: int = 64
+    num_steps: int = 64
+    embedding_dim: int = 64
+    family: str = "lstm"
+
+    @property
+    def key(self) -> str:
+        return f"{self.family}-{self.num_layers}x{self.hidden_size}-b{self.batch_size}x{self.num_steps}"
+
+    def parameters(self, vocab_size: int) -> int:
+        """nn.LSTM's count: per layer 4 gates of W_x, W_h and two biases; plus embedding and decoder."""
+        h, e = self.hidden_size, self.embedding_dim
+        recurrent = sum(4 * h * ((e if layer == 0 else h) + h + 2) for layer in range(self.num_layers))
+        return vocab_size * e + recurrent + h * vocab_size + vocab_size
+
+    def describe(self) -> str:
+        return f"{self.family} {self.num_layers}×{self.hidden_size}"
+
+
+# The shapes the planner chooses from: a ladder of sizes, each at three batch sizes (measured as needed).
+CANDIDATES: tuple[Candidate, ...] = tuple(
+    Candidate(h, layers, b) for layers, sizes in ((1, (128, 256, 384, 512, 768, 1024)), (2, (512, 1024)))
+    for h in sizes for b in (32, 64, 128))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The planner's numbers (see docs/planner.md for the runs they come from)."""
+
+    tokens_per_parameter: float = 4.0  # the largest model the budget trains on at least this many tokens each
+    parameters_per_train_token: float = 12.0  # and no larger than this many parameters per training token
+    min_steps: int = 1200  # below this many steps the smaller batch is taken (more updates beat fewer, larger)
+    min_tokens: int = 1_000_000  # less than this trains nothing worth sampling
+    # dropout by epochs the budget buys: (at most this many epochs, dropout)
+    dropout_by_epochs: tuple[tuple[float, float], ...] = ((1.0, 0.0), (3.0, 0.1), (8.0, 0.2), (20.0, 0.3))
+    max_dropout: float = 0.4
+    lr_512: float = 0.013  # AdamW's peak lr for a 1 × 512 LSTM; scaled by sqrt(512 / width) and per extra layer
+    lr_layer_factor: float = 0.5
+    weight_decay: float = 0.1
+    eval_share: float = 0.05  # of the budget, for the evaluations during training
+    evaluations: int = 12  # per run
+
+
+RULES = Rules()
+
+
+@dataclass(frozen=True)
+class CorpusProfile:
+    """What the planner needs to know about the text: its training tokens, vocabulary and level."""
+
+    corpus: str
+    train_tokens: int
+    vocab_size: int
+    level: str = "char"
+    val_tokens: int = 0
+    normalize: str = "none"  # as preprocessed: every character kept unless the user asked otherwise
+
+
+@dataclass(frozen=True)
+class Budget:
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self):
+        if (self.seconds is None) == (self.steps is None):
+            raise ConfigError("give the planner one budget: --time DURATION or --steps N")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+
+
+@dataclass
+class Plan:
+    profile: CorpusProfile
+    candidate: Candidate
+    config: dict[str, Any]
+    tokens: int  # the training tokens the budget is expected to buy
+    tokens_per_s: float | None  # measured on this device; None for a steps budget
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def parameters(self) -> int:
+        return self.candidate.parameters(self.profile.vocab_size)
+
+    @property
+    def epochs(self) -> float:
+        return self.tokens / max(self.profile.train_tokens, 1)
+
+    def summary(self) -> str:
+        """One line: what was chosen and what it buys."""
+        m, d, o = self.config["model"], self.config["data"], self.config["optim"]
+        speed = f" at {_count(self.tokens_per_s)} tokens/s" if self.tokens_per_s else ""
+        return (f"plan: {self.candidate.describe()} ({_count(self.parameters)} parameters), dropout {m['dropout']:g}, "
+                f"batch {d['batch_size']} × {d['num_steps']}, lr {o['lr']:.3g}: ≈ {_count(self.tokens)} tokens"
+                f"{speed}, ≈ {self.epochs:.1f} epochs of {_count(self.profile.train_tokens)}")
+
+    def describe(self) -> str:
+        """Two lines: what was chosen, and why."""
+        return f"{self.summary()}\nwhy: {'; '.join(self.reasons)}"
+
+
+def _count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f}"
+
+
+def _dropout(epochs: float, rules: Rules) -> float:
+    return next((d for limit, d in rules.dropout_by_epochs if epochs <= limit), rules.max_dropout)
+
+
+def _lr(c: Candidate, rules: Rules) -> float:
+    return rules.lr_512 * math.sqrt(512 / c.hidden_size) * rules.lr_layer_factor ** (c.num_layers - 1)
+
+
+Speed = Callable[[Candidate], float]  # tokens/s of a candidate's training step on this device; 0: does not fit
+
+
+def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: Rules | None = None,
+         candidates: tuple[Candidate, ...] | None = None) -> Plan:
+    """The config for `profile` within `budget`; `speed` is asked only about the shapes it needs."""
+    rules, candidates = rules or RULES, candidates or CANDIDATES
+    if profile.level != "char":
+        raise ConfigError("the planner plans character-level runs; for words pass --config")
+    if budget.seconds is None:
+        speed = None
+    train_seconds = budget.seconds * (1 - rules.eval_share) if budget.seconds is not None else 0.0
+
+    def tokens(c: Candidate) -> int:
+        if speed is None:
+            return budget.steps * c.batch_size * c.num_steps
+        return int(speed(c) * train_seconds)
+
+    def batch_for(shape: list[Candidate]) -> Candidate:
+        # The larger batch unless it leaves too few steps: more updates beat fewer, larger ones.
+        ordered = sorted(shape, key=lambda c: -c.batch_size)
+        return next((c for c in ordered if tokens(c) >= rules.min_steps * c.batch_size * c.num_steps), ordered[-1])
+
+    shapes: dict[tuple[int, int], list[Candidate]] = {}
+    for c in sorted(candidates, key=lambda c: c.parameters(profile.vocab_size)):
+        shapes.setdefault((c.num_layers, c.hidden_size), []).append(c)
+    chosen = None
+    for shape in shapes.values():  # smallest first; speed falls as size grows, so stop at the first misfit
+        c = batch_for(shape)
+        n = tokens(c)
+        if chosen is None and n < rules.min_tokens:
+            raise ConfigError(_too_short(c, budget, speed, rules))
+        params = c.parameters(profile.vocab_size)
+        if n < rules.tokens_per_parameter * params or params > rules.parameters_per_train_token * profile.train_tokens:
+            break
+        chosen = c
+    fitted = chosen is not None
+    chosen = chosen or batch_for(next(iter(shapes.values())))
+    n = tokens(chosen)
+    epochs = n / max(profile.train_tokens, 1)
+    dropout = _dropout(epochs, rules)
+    params = chosen.parameters(profile.vocab_size)
+    reasons = [f"the largest model this budget trains on ≥ {rules.tokens_per_parameter:g} tokens per parameter "
+               f"({n / params:.1f} here) within {rules.parameters_per_train_token:g} parameters per training token"
+               if fitted else "the smallest model: the budget or the text is short for any larger one",
+               f"dropout {dropout:g} for ≈ {epochs:.1f} epochs"]
+    steps = max(1, n // (chosen.batch_size * chosen.num_steps))
+    lr = _lr(chosen, rules)
+    config = {
+        "data": {"corpus": profile.corpus, "normalize": profile.normalize, "level": "char", "sampling": "sequential",
+                 "batch_size": chosen.batch_size, "num_steps": chosen.num_steps},
+        "model": {"name": chosen.family, "hidden_size": chosen.hidden_size, "num_layers": chosen.num_layers,
+                  "embedding_dim": chosen.embedding_dim, "dropout": dropout},
+        "optim": {"name": "adamw", "lr": round(lr, 5), "weight_decay": rules.weight_decay, "grad_clip": 1.0,
+                  "schedule": "cosine", "warmup_steps": min(100, max(1, steps // 20)), "min_lr": round(lr / 50, 6)},
+        "train": {"eval_every": max(1, steps // rules.evaluations)},
+    }
+    if budget.seconds is not None:
+        # The step cap is a safety net far past the expected count: the clock ends the run.
+        config["train"].update(max_time=round(budget.seconds, 3), max_steps=max(10, steps * 4))
+    else:
+        config["train"]["max_steps"] = budget.steps
+    return Plan(profile, chosen, config, n, speed(chosen) if speed else None, reasons)
+
+
+def _too_short(smallest: Candidate, budget: Budget, speed: Speed | None, rules: Rules) -> str:
+    if speed is None:
+        need = math.ceil(rules.min_tokens / (smallest.batch_size * smallest.num_steps))
+        return f"--steps {budget.steps} is too few to train anything useful; the shortest sensible budget is {need}"
+    rate = speed(smallest)
+    if rate <= 0:
+        return "not even the smallest model fits in this device's memory"
+    need = math.ceil(rules.min_tokens / rate / (1 - rules.eval_share))
+    return (f"--time {budget.seconds:g}s is too short to train anything useful on this device "
+            f"({rate:,.0f} tokens/s for the smallest model); the shortest sensible budget is {need}s")
+
+
+def budget_overrides(seconds: float | None, steps: int | None) -> list[str]:
+    """`--time`/`--steps` on a config: the budget replaces the config's own stopping rule."""
+    if seconds is not None:
+        return [f"train.max_time={seconds:g}", "train.max_steps=null", "train.epochs=null"]
+    if steps is not None:
+        return [f"train.max_steps={steps}", "train.max_time=null", "train.epochs=null"]
+    return []

@@ -1,0 +1,110 @@
+"""The planner's rules against made-up throughput tables: no device is measured here."""
+
+import pytest
+
+from charlm.config import build_config
+from charlm.errors import ConfigError
+from charlm.planning.planner import CANDIDATES, RULES, Budget, CorpusProfile, parse_duration, plan
+
+SHAKESPEARE = CorpusProfile(corpus="tinyshakespeare", train_tokens=1_003_854, vocab_size=66)
+
+
+def laptop(c):
+    """A 2-core CPU: tokens/s falling with the recurrent weights, as measured on one."""
+    return 3e10 / (c.hidden_size ** 2 * c.num_layers * 4 + 2e5) * {32: 1.0, 64: 1.15, 128: 1.2}[c.batch_size]
+
+
+def gpu(c):
+    return 2000 * laptop(c)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1h", 3600), ("1h30m", 5400),
+                                           ("2.5m", 150), (" 10S ", 10)])
+def test_parse_duration_reads_seconds_minutes_and_hours(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "m", "-5m", "0s", "5x", "1e400", "nan", "5m5"])
+def test_parse_duration_refuses_what_is_not_a_positive_duration(text):
+    with pytest.raises(ConfigError, match="--time"):
+        parse_duration(text)
+
+
+def test_a_faster_device_plans_a_larger_model_and_a_longer_budget_too():
+    five_minutes = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    one_hour = plan(SHAKESPEARE, Budget(seconds=3600), laptop)
+    on_gpu = plan(SHAKESPEARE, Budget(seconds=300), gpu)
+    assert five_minutes.parameters < one_hour.parameters <= on_gpu.parameters
+    assert on_gpu.config["data"]["batch_size"] > five_minutes.config["data"]["batch_size"]
+
+
+def test_the_chosen_model_gets_enough_tokens_per_parameter_and_the_next_size_would_not():
+    chosen = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    assert chosen.tokens >= RULES.tokens_per_parameter * chosen.parameters
+    larger = [c for c in CANDIDATES if c.parameters(66) > chosen.parameters]
+    assert larger and all(laptop(c) * 300 * (1 - RULES.eval_share) < RULES.tokens_per_parameter * c.parameters(66)
+                          for c in larger)
+
+
+def test_more_epochs_of_a_small_text_get_more_dropout():
+    small = CorpusProfile(corpus="words.txt", train_tokens=50_000, vocab_size=30)
+    assert plan(small, Budget(seconds=600), laptop).config["model"]["dropout"] == RULES.max_dropout
+    assert plan(SHAKESPEARE, Budget(seconds=60), laptop).config["model"]["dropout"] < RULES.max_dropout
+
+
+def test_a_short_budget_takes_the_smaller_batch_for_more_steps():
+    short, long = plan(SHAKESPEARE, Budget(seconds=30), laptop), plan(SHAKESPEARE, Budget(seconds=3600), laptop)
+    assert short.config["data"]["batch_size"] < long.config["data"]["batch_size"]
+
+
+def test_a_budget_too_short_names_the_shortest_sensible_one_and_that_one_plans():
+    with pytest.raises(ConfigError, match="shortest sensible budget is") as failure:
+        plan(SHAKESPEARE, Budget(seconds=1), laptop)
+    need = int(str(failure.value).rsplit(" ", 1)[1].rstrip("s"))
+    assert plan(SHAKESPEARE, Budget(seconds=need), laptop).tokens >= RULES.min_tokens
+
+
+def test_only_the_shapes_up_to_the_first_misfit_are_measured():
+    asked = []
+    plan(SHAKESPEARE, Budget(seconds=300), lambda c: asked.append(c) or laptop(c))
+    chosen = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    assert max(c.parameters(66) for c in asked) > chosen.parameters  # one size past the choice
+    assert len({(c.num_layers, c.hidden_size) for c in asked}) < len({(c.num_layers, c.hidden_size)
+                                                                      for c in CANDIDATES})
+
+
+def test_a_model_that_does_not_fit_in_memory_is_never_planned():
+    fits = plan(SHAKESPEARE, Budget(seconds=3600), lambda c: 0.0 if c.hidden_size >= 512 else gpu(c))
+    assert fits.candidate.hidden_size < 512
+
+
+def test_a_steps_budget_plans_without_measuring():
+    planned = plan(SHAKESPEARE, Budget(steps=2000), None)
+    assert planned.config["train"] == {"eval_every": 2000 // RULES.evaluations, "max_steps": 2000}
+    assert planned.tokens == 2000 * planned.config["data"]["batch_size"] * planned.config["data"]["num_steps"]
+
+
+def test_the_plan_is_a_complete_valid_config():
+    planned = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    cfg = build_config(planned.config, name="plan")
+    assert (cfg.model.name, cfg.model.hidden_size, cfg.data.corpus, cfg.train.max_time) == (
+        "lstm", planned.candidate.hidden_size, "tinyshakespeare", 300)
+    assert "epochs of 1.0 M" in planned.summary() and f"lr {cfg.optim.lr:.3g}" in planned.summary()
+
+
+def test_word_level_text_is_left_to_a_config():
+    with pytest.raises(ConfigError, match="character-level"):
+        plan(CorpusProfile("w", 10**6, 5000, level="word"), Budget(seconds=300), laptop)
+
+
+@pytest.mark.parametrize("seconds, steps", [(None, None), (60.0, 100)])
+def test_a_budget_is_a_time_or_a_step_count(seconds, steps):
+    with pytest.raises(ConfigError, match="one budget"):
+        Budget(seconds, steps)
+
+
+def test_a_small_text_caps_the_model_whatever_the_device():
+    words = CorpusProfile(corpus="words.txt", train_tokens=100_000, vocab_size=30)
+    capped = plan(words, Budget(seconds=3600), gpu)
+    assert capped.parameters <= RULES.parameters_per_train_token * words.train_tokens
+    assert plan(SHAKESPEARE, Budget(seconds=3600), gpu).parameters > capped.parameters
