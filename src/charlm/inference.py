@@ -19,7 +19,7 @@ from charlm.errors import DataError
 from charlm.evaluation.evaluate import EvalResult, ScoreResult, evaluate_ids, score_text
 from charlm.config import GenerateConfig
 from charlm.generation.generate import GenerationResult, check_params, copied_lines, generate, novelty
-from charlm.device.precision import scoring_precision
+from charlm.device.precision import check_precision, scoring_precision
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def evaluate_checkpoint(checkpoint=None, data: str = "val", device: str = "cpu",
 
     `precision` auto scores in the precision the run trained in where this device has it natively.
     """
+    check_precision(precision)
     loaded = open_checkpoint(checkpoint, device)
     where = checkpoint_device(loaded)
     precision = run_precision(loaded, precision)
@@ -121,6 +122,7 @@ MAX_SCORE_CHARS = 100_000
 def score_checkpoint(checkpoint=None, text: str | None = None, file: str | Path | None = None,
                      device: str = "cpu", top: int = 0, precision: str = "auto") -> ScoreResult:
     """Per-token surprisal of `text` (or of `file`) under the checkpoint (`top`: see score_text)."""
+    check_precision(precision)
     loaded = open_checkpoint(checkpoint, device)
     if file is not None:
         text = read_text(file)

@@ -379,3 +379,10 @@ def test_plan_prints_the_plan_and_a_config_that_loads(workdir, monkeypatch):
     cfg = build_config(yaml.safe_load("\n".join(lines[2:])), name="plan")
     assert cfg.train.max_steps == 500 and cfg.data.corpus == "corpus.txt"
     assert not (workdir / "cache").exists()  # a steps budget measures nothing
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["score", "the time"]])
+def test_a_bad_precision_is_one_line_before_any_run_is_looked_for(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # no runs here: the precision is what the line must be about
+    line = one_error_line(invoke(*command, "--precision", "fp16"))
+    assert line == "error: precision: 'fp16' is not one of auto, bf16, fp32"

@@ -72,6 +72,12 @@ def resolve_precision(requested: str, device: torch.device | str, amp: bool = Tr
     return Precision("bf16" if ok else "fp32", f"auto: {why}")
 
 
+def check_precision(requested: str) -> None:
+    """ConfigError for a precision that is not auto, bf16 or fp32 (before anything is loaded)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision: {requested!r} is not one of {', '.join(PRECISIONS)}")
+
+
 def scoring_precision(requested: str, trained: str = "auto", device: torch.device | str = "cpu",
                       amp: bool = True) -> str:
     """What evaluation computes in: `requested`, where "auto" means as the run trained, on this device.
@@ -79,8 +85,7 @@ def scoring_precision(requested: str, trained: str = "auto", device: torch.devic
     A run trained in bf16 is scored in bf16 where this device computes it natively (the
     perplexity moves by ~1e-4 relative, docs/evaluation.md), in fp32 anywhere else.
     """
-    if requested not in PRECISIONS:
-        raise ConfigError(f"precision: {requested!r} is not one of {', '.join(PRECISIONS)}")
+    check_precision(requested)
     if requested != "auto":
         return requested
     if trained == "fp32" or not amp:
