@@ -74,12 +74,29 @@ def test_bench_eval_prints_eval_and_training_rates_side_by_side(capsys):
     load_script("bench_eval").main(["--quick", "--only", "tiny"])
     preamble, rows = table_rows(capsys.readouterr().out, "config")
     assert any(line.startswith("cpu: ") for line in preamble)
-    assert [row[:3] for row in rows] == [["tiny", "rnn", "3,000"]]
-    fp32, bf16, one, many, low, speedup, vs_fp32, vs_bf16 = (number(cell) for cell in rows[0][5:13])
+    assert [row[:4] for row in rows] == [["tiny", "rnn", "random", "3,000"]]
+    fp32, bf16, one, many, low, speedup, vs_fp32, vs_bf16 = (number(cell) for cell in rows[0][6:14])
     assert min(fp32, bf16, one, many, low) > 0
     assert speedup == pytest.approx(many / one, rel=0.01, abs=0.01)
     assert vs_fp32 == pytest.approx(many / fp32, rel=0.01, abs=0.01)
     assert vs_bf16 == pytest.approx(low / bf16, rel=0.01, abs=0.01)  # bf16 evaluation over bf16 training
+
+
+@pytest.mark.slow
+def test_bench_eval_scores_a_trained_run_on_its_own_validation_split(tmp_path, capsys, monkeypatch, corpus_dir):
+    from charlm.config import build_config, load_config
+    from charlm.config.shipped import shipped_configs
+    from charlm.train import train
+
+    monkeypatch.setenv("CHARLM_DATA_HOME", str(tmp_path / "data"))
+    raw = load_config(shipped_configs()["tiny"].path).to_dict()
+    raw["data"]["corpus"] = str(corpus_dir / "timemachine.txt")
+    raw["train"].update(max_steps=2, eval_every=2)
+    train(build_config(raw, name="tiny"), run_dir=tmp_path / "runs" / "tiny", force=True)
+    load_script("bench_eval").main(["--quick", "--only", "tiny", "--runs", str(tmp_path / "runs")])
+    _, rows = table_rows(capsys.readouterr().out, "config")
+    assert rows[0][:3] == ["tiny", "rnn", "trained"]
+    assert number(rows[0][3]) > 10_000  # the Time Machine's validation split, not the quick 3,000 random ids
 
 
 def test_check_goals_covers_the_project_goals_and_beating_means_strictly_below():

@@ -151,3 +151,26 @@ def test_bf16_evaluation_stays_within_a_thousandth_of_fp32(name):
     assert got == pytest.approx(fp32, rel=1e-3)
     assert got == pytest.approx(evaluate_ids(model, ids, segments=1, precision="bf16").perplexity, rel=1e-4)
 
+
+
+def test_rescoring_stops_where_the_state_has_caught_up():
+    """A model that forgets fast is rescored for a checkpoint or two per segment, not whole segments."""
+    model = model_of("rnn")
+    ids = np.random.default_rng(5).integers(0, V, 20_000)
+    scored = batched(model, ids, segments=16)
+    assert scored.reruns == 15  # every segment but the first started from a wrong (zero) state
+    assert 0 < scored.rescored <= 15 * 4 * batched_eval.FIRST_CHECKPOINT  # ≤ 64 of each segment's 1,250
+    want = evaluate_ids(model, ids, segments=1).nats_per_token
+    assert scored.nats / (len(ids) - 1) == pytest.approx(want, rel=1e-6)
+
+
+def test_an_lstm_cell_is_compared_through_tanh():
+    """Saturated cells that differ (|c| ~ 100, tanh equal) do not count as a different state; h always does."""
+    model = model_of("lstm")
+    h = torch.zeros(2, 3, 32)
+    c = torch.full((2, 3, 32), 100.0)
+    dims = (1, 1)
+    assert not batched_eval._differ(model, (h, c), (h, c + 0.5), dims, (1e-4, 1e-4)).any()
+    assert batched_eval._differ(model, (h, c), (h + 0.5, c), dims, (1e-4, 1e-4)).all()
+    small = torch.zeros(2, 3, 32)
+    assert batched_eval._differ(model, (h, small), (h, small + 0.5), dims, (1e-4, 1e-4)).all()

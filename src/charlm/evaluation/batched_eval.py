@@ -8,16 +8,20 @@ sequential pass. Segment b > 0 needs the state the sequential pass has at positi
 * a model that can say how much history rebuilds that state exactly (`eval_history(position)`:
   the MLP's and the n-gram's window, the transformer's sliding window) replays that many
   preceding tokens from the zero state;
-* any other model (the recurrent ones) replays a warm-up of W preceding tokens from the zero
-  state, an estimate, and the pass checks it (Parareal style): after the batched pass, segment
-  b−1's end state, built from a long history, is compared with the start state segment b used;
-  segments whose start differs by more than the tolerance are scored again from the corrected
-  start, and the check repeats. Segment 0 is exact, so after round k the first k boundaries are
-  exact and the loop ends within B − 1 rounds, even for a model whose state never forgets.
+* any other model (the recurrent ones) starts from an estimate (the zero state, or a warm-up of
+  W preceding tokens), and the pass checks it (Parareal style): after the batched pass, segment
+  b−1's end state, built from a long history, is compared with the start state segment b used.
+  Segments whose start differs by more than the tolerance are scored again from the corrected
+  start, but only as far as needed: the rescoring stops at the first checkpoint (every 16
+  positions up to 128, then 256, 512, …) where its state is within the tolerance of the state the first pass had there,
+  since from that point on both passes compute the same thing. The check repeats; segment 0 is
+  exact, so after round k the first k boundaries are exact and the loop ends within B − 1
+  rounds, even for a model whose state never forgets.
 
-"Equal to the sequential pass" thus means: every segment's start state is within
-`atol + rtol·|x|` (elementwise) of the state the sequential pass reaches there, computed in the
-same precision; docs/evaluation.md gives the measured effect on the perplexity.
+"Equal to the sequential pass" thus means: every position is scored from a state that either was
+computed from the sequential pass's state at the segment's start, or is within `atol + rtol·|x|`
+(elementwise) of such a state at a checkpoint before it, in the same precision;
+docs/evaluation.md gives the measured effect on the perplexity.
 """
 
 from __future__ import annotations
@@ -33,9 +37,16 @@ from charlm.models import state_batch_dims
 
 LOGIT_FLOATS = 1 << 22  # floats of (B, L, V) logits per forward call: 16 MB in fp32, whatever V is
 MAX_SEGMENTS = 64  # an LSTM 1x512 forward is as efficient at B = 8..128 as it gets on a CPU
-WARMUP = 256  # twice what a trained LSTM needed (docs/evaluation.md); the self-check covers the rest
+# Recurrent segments start from the zero state: the self-check's rescoring of a segment's first
+# positions is the warm-up, and it stops as soon as the state has converged (FIRST_CHECKPOINT,
+# then every doubling), so it costs what each segment needs instead of a fixed worst case.
+WARMUP = 0
+FIRST_CHECKPOINT = 16
+SHARE_WARMUP = 256  # a torchrun rank's share is scored again whole when its start is off, so it warms up first
+CONVERGENCE = 64  # positions a trained character model's rescoring typically needs (docs/evaluation.md)
 # A step at batch B costs about (STEP_TOKENS + B) tokens' worth (a fixed part: weights read, Python,
-# kernel launches); the pass costs (W + n/B)·(STEP_TOKENS + B), least at B = √(STEP_TOKENS·n/W).
+# kernel launches); the pass costs (C + n/B)·(STEP_TOKENS + B) with C the warm-up or rescored
+# positions per segment, least at B = √(STEP_TOKENS·n/C).
 STEP_TOKENS = 16
 ATOL = RTOL = 1e-4
 # bf16 keeps 8 significant bits: one state computed at two batch shapes differs by up to ~1e-2,
@@ -55,6 +66,7 @@ class Scored:
     reruns: int  # segments scored again because their warm-up start was not exact
     rounds: int
     end_state: object = None  # the state after the last position
+    rescored: int = 0  # positions those reruns scored again
 
 
 class EvaluationStopped(Exception):
@@ -83,7 +95,8 @@ def plan(model, n: int, vocab_size: int, segments: int | None = None, warmup: in
     exact = getattr(model, "eval_history", None)
     if exact is None:
         W = WARMUP if warmup is None else warmup
-        B = segments or max(1, min(MAX_SEGMENTS, budget, n // max(1, W), round(math.sqrt(STEP_TOKENS * n / max(1, W)))))
+        C = max(W, CONVERGENCE)
+        B = segments or max(1, min(MAX_SEGMENTS, budget, n // C, round(math.sqrt(STEP_TOKENS * n / C))))
         S = -(-n // B)
         return 0, -(-n // S), S, min(W, S)
     step = getattr(model, "eval_segment_multiple", 1)  # a transformer's slide schedule: boundaries in phase
@@ -113,6 +126,17 @@ def _cat(states, dims):
     if isinstance(states[0], torch.Tensor):
         return torch.cat(states, dims)
     return tuple(_cat([s[i] for s in states], d) for i, d in enumerate(dims))
+
+
+def _view(model, state):
+    """The state as the self-check compares it: what the model's outputs can depend on (eval_state_view)."""
+    view = getattr(model, "eval_state_view", None)
+    return state if view is None else view(state)
+
+
+def _differ(model, a, b, dims, tolerance) -> torch.Tensor:
+    """(B,) True where row b of state a does not match state b, compared through the model's view."""
+    return _far(_view(model, a), _view(model, b), dims, *tolerance)
 
 
 def _far(a, b, dims, atol=ATOL, rtol=RTOL) -> torch.Tensor:
@@ -168,17 +192,14 @@ class _Segments:
         return _put(state, torch.tensor(rows, device=self.device), warmed, dims)
 
 
-def _score_rows(model, seg: _Segments, rows: torch.Tensor, state, budget: int, out: dict, top: int, dims,
-                stop=None):
-    """Score segments `rows` from `state` in (len(rows), L) chunks; fill out's per-row results; the end state."""
+def _score_range(model, seg: _Segments, rows: torch.Tensor, state, t0: int, t1: int, budget: int, out: dict,
+                 top: int, stop=None):
+    """Score positions t0 .. t1−1 of segments `rows` from `state` in (len(rows), L) chunks: (state at t1, (b,) sums)."""
     index = rows.tolist()
-    b, L = len(index), max(1, budget // len(index))
-    sums = torch.zeros(b, dtype=torch.float64, device=rows.device)
-    last = seg.n - seg.starts[-1]  # real positions of the last segment: its end state is taken there
-    cuts = sorted(set(range(0, seg.S, L)) | ({last} if last < seg.S and seg.B - 1 in index else set()))
-    for t, end in zip(cuts, cuts[1:] + [seg.S]):
-        if t == last:
-            out["tail"] = _rows(state, torch.tensor([index.index(seg.B - 1)], device=rows.device), dims)
+    L = max(1, budget // len(index))
+    sums = torch.zeros(len(index), dtype=torch.float64, device=rows.device)
+    for t in range(t0, t1, L):
+        end = min(t + L, t1)
         check_stop(stop)
         x, y, m = seg.chunk(index, t, end - t)
         logits, state = model(x, state)  # (b, l, V)
@@ -191,8 +212,66 @@ def _score_rows(model, seg: _Segments, rows: torch.Tensor, state, budget: int, o
             bits = -torch.log_softmax(logits.float(), -1) / np.log(2.0)
             best, where = bits.topk(min(top, bits.shape[-1]), dim=-1, largest=False)  # (b, l, k)
             out["top_bits"][rows, t:end], out["top_ids"][rows, t:end] = best, where
-    out["sums"][rows] = sums
-    return state
+    return state, sums
+
+
+def _checkpoints(S: int, last: int, estimated: bool) -> list[int]:
+    """Piece boundaries of a segment: 0, the rescoring's checkpoints (when starts are estimates), the text's end, S."""
+    marks = {0, S}
+    if 0 < last < S:
+        marks.add(last)  # the last segment's real end: its state there is the text's end state
+    t = FIRST_CHECKPOINT
+    while estimated and t < S:  # every 16 positions up to 128, where most segments converge; then doubling
+        marks.add(t)
+        t = t + FIRST_CHECKPOINT if t < 8 * FIRST_CHECKPOINT else 2 * t
+    return sorted(marks)
+
+
+class _Pass:
+    """The scores of B segments kept per piece between checkpoints, and the state at every checkpoint."""
+
+    def __init__(self, model, seg: _Segments, budget: int, out: dict, top: int, dims, stop, estimated: bool):
+        self.model, self.seg, self.budget, self.out, self.top, self.dims, self.stop = \
+            model, seg, budget, out, top, dims, stop
+        self.last = seg.n - seg.starts[-1]  # real positions of the last segment
+        self.bounds = _checkpoints(seg.S, self.last, estimated)
+        self.pieces = torch.zeros(seg.B, len(self.bounds) - 1, dtype=torch.float64, device=seg.device)
+        self.states: list = []  # states[k]: every segment's state at bounds[k]
+        self.tail = None  # the last segment's state at its real end
+        self.rescored = 0
+
+    def _piece(self, k: int, rows: torch.Tensor, state):
+        state, sums = _score_range(self.model, self.seg, rows, state, self.bounds[k], self.bounds[k + 1],
+                                   self.budget, self.out, self.top, self.stop)
+        self.pieces[rows, k] = sums
+        if self.bounds[k + 1] == self.last and int(rows[-1]) == self.seg.B - 1:
+            self.tail = _rows(state, torch.tensor([len(rows) - 1], device=rows.device), self.dims)
+        return state
+
+    def first(self, start) -> None:
+        """Score every segment from its start state."""
+        rows = torch.arange(self.seg.B, device=self.seg.device)
+        self.states = [start]
+        for k in range(len(self.bounds) - 1):
+            self.states.append(self._piece(k, rows, self.states[-1]))
+
+    def rescore(self, rows: torch.Tensor, start, tolerance) -> None:
+        """Score `rows` again from `start`, each only until its state meets the one the pass had at a checkpoint."""
+        self.states[0] = _put(self.states[0], rows, start, self.dims)
+        state = start
+        for k in range(len(self.bounds) - 1):
+            state = self._piece(k, rows, state)
+            self.rescored += len(rows) * (self.bounds[k + 1] - self.bounds[k])
+            converged = ~_differ(self.model, state, _rows(self.states[k + 1], rows, self.dims), self.dims, tolerance)
+            self.states[k + 1] = _put(self.states[k + 1], rows, state, self.dims)
+            if k == len(self.bounds) - 2 or bool(converged.all()):
+                return
+            keep = torch.nonzero(~converged).flatten()
+            rows, state = rows[keep], _rows(state, keep, self.dims)
+
+    @property
+    def end(self):
+        return self.states[-1]
 
 
 def _needs_head(model, device) -> bool:
@@ -209,8 +288,7 @@ def _needs_head(model, device) -> bool:
 
 
 def _new_out(B: int, S: int, per_token: bool, k: int, device) -> dict:
-    out = {"sums": torch.zeros(B, dtype=torch.float64, device=device),
-           "per_token": torch.zeros(B, S, device=device) if per_token else None}
+    out = {"per_token": torch.zeros(B, S, device=device) if per_token else None}
     if k:
         out["top_bits"] = torch.zeros(B, S, k, device=device)
         out["top_ids"] = torch.zeros(B, S, k, dtype=torch.long, device=device)
@@ -236,41 +314,38 @@ def score_batched(model, ids, device, *, vocab_size: int, segments: int | None =
     budget = tokens_per_call(vocab_size, logit_floats)
     H, B, S, W = plan(model, n, vocab_size, segments, warmup, logit_floats, _needs_head(model, device))
     dims = state_batch_dims(model)
+    estimated = getattr(model, "eval_history", None) is None
     parts = []
     if H:  # scored alone from the text's start; its end is the first segment's true start
-        hout = _new_out(1, H, per_token, k, device)
-        zero = model.init_state(1, device) if first_state is None else first_state
-        head_end = _score_rows(model, _Segments(ids, 1, H, device, n=H), torch.zeros(1, dtype=torch.long,
-                               device=device), zero, budget, hout, top, dims, stop)
-        parts.append(hout)
+        head = _Pass(model, _Segments(ids, 1, H, device, n=H), budget, _new_out(1, H, per_token, k, device), top,
+                     dims, stop, False)
+        head.first(model.init_state(1, device) if first_state is None else first_state)
+        parts.append(head)
     seg = _Segments(ids, B, S, device, offset=H)
-    start = seg.warm(model, W, budget, first_state)
-    out = _new_out(B, S, per_token, k, device)
-    parts.append(out)
-    rows = torch.arange(B, device=device)
-    end = _score_rows(model, seg, rows, start, budget, out, top, dims, stop)
+    run = _Pass(model, seg, budget, _new_out(B, S, per_token, k, device), top, dims, stop, estimated)
+    run.first(seg.warm(model, W, budget, first_state))
+    parts.append(run)
     first = 0 if H else 1  # the first segment whose start is an estimate
     reruns = rounds = 0
+    rows = torch.arange(B, device=device)
     while B > first:
-        # Segment b's true start is the end of the segment before it; rerun where the start used was not that.
-        before = _rows(end, rows[:-1], dims)
+        # Segment b's true start is the end of the segment before it; rescore where the start used was not that.
+        before = _rows(run.end, rows[:-1], dims)
         if H:
-            before = _cat([head_end, before], dims)
-        used = _rows(start, rows[first:], dims)
-        wrong = torch.nonzero(_far(used, before, dims, *tolerance)).flatten()
+            before = _cat([head.end, before], dims)
+        used = _rows(run.states[0], rows[first:], dims)
+        wrong = torch.nonzero(_differ(model, used, before, dims, tolerance)).flatten()
         if not len(wrong):
             break
-        fixed = _rows(before, wrong, dims)
-        wrong = wrong + first
-        start = _put(start, wrong, fixed, dims)
-        end = _put(end, wrong, _score_rows(model, seg, wrong, fixed, budget, out, top, dims, stop), dims)
+        run.rescore(wrong + first, _rows(before, wrong, dims), tolerance)
         reruns, rounds = reruns + len(wrong), rounds + 1
-    nats = sum(float(p["sums"].sum()) for p in parts)
-    flat = torch.cat([p["per_token"].reshape(-1) for p in parts])[:n] if per_token else None
+    nats = sum(float(p.pieces.sum()) for p in parts)
+    flat = torch.cat([p.out["per_token"].reshape(-1) for p in parts])[:n] if per_token else None
     top_out = None
     if top:
-        top_out = tuple(torch.cat([p[key].reshape(-1, k) for p in parts])[:n] for key in ("top_bits", "top_ids"))
-    return Scored(nats, flat, top_out, B + bool(H), reruns, rounds, out.get("tail", _rows(end, rows[-1:], dims)))
+        top_out = tuple(torch.cat([p.out[key].reshape(-1, k) for p in parts])[:n] for key in ("top_bits", "top_ids"))
+    end_state = run.tail if run.tail is not None else _rows(run.end, rows[-1:], dims)
+    return Scored(nats, flat, top_out, B + bool(H), reruns, rounds, end_state, run.rescored)
 
 
 def score_share(model, ids, lo: int, stop: int, device, *, vocab_size: int, previous, agree,
@@ -291,13 +366,13 @@ def score_share(model, ids, lo: int, stop: int, device, *, vocab_size: int, prev
     dims = state_batch_dims(model)
     first = None
     if lo:
-        W = min(WARMUP, lo)
+        W = min(SHARE_WARMUP, lo)
         _, first = model(torch.as_tensor(np.asarray(ids[lo - W:lo], dtype=np.int64), device=device)[None],
                          model.init_state(1, device))
     scored = score_batched(model, ids[lo:stop], device, vocab_size=vocab_size, first_state=first, tolerance=tolerance)
     while True:
         before = previous(scored.end_state)
-        wrong = before is not None and bool(_far(first, before, dims, *tolerance).any())
+        wrong = before is not None and bool(_differ(model, first, before, dims, tolerance).any())
         if not agree(wrong)[0]:
             return scored.nats
         if wrong:
