@@ -132,15 +132,19 @@ def test_sequential_training_restarts_the_drawn_rows_from_the_initial_state(work
     cls = recurrent.RecurrentLM if model == "lstm" else rnn_scratch.RNNScratch
     forward = cls.forward
 
+    inputs = []
+
     def spy(self, ids, state=None):
         if self.training:
             h = None if state is None else (state[0] if isinstance(state, tuple) else state)
             seen.append(None if h is None else (h.reshape(-1, ids.shape[0], h.shape[-1]) == 0).all(-1).all(0))
+            inputs.append((ids.clone(), self.vocab_size))
         return forward(self, ids, state)
 
     monkeypatch.setattr(cls, "forward", spy)
     for reset in (0.0, 0.5):
         seen.clear()
+        inputs.clear()
         cfg = tiny("data.sampling=sequential", f"model.name={model}", f"data.state_reset={reset}",
                    "train.max_steps=8")
         train(cfg, run_dir=f"r{reset}", handle_signals=False)
@@ -154,6 +158,32 @@ def test_sequential_training_restarts_the_drawn_rows_from_the_initial_state(work
             assert sum(rows.sum() for rows in got) >= 4
             for rows, want in zip(got, expected):
                 assert (rows == (want if want is not None else False)).all()
+            for b, rows in enumerate(got, start=1):  # and a restarted row reads 1-4 random tokens first
+                ids, vocab_size = inputs[b]
+                lengths, tokens = sampler.random_starts(0, b, vocab_size)
+                for r in np.flatnonzero(rows):
+                    assert ids[r, :lengths[r]].tolist() == tokens[r, :lengths[r]].tolist()
+
+
+def test_a_restarted_rows_random_tokens_are_read_but_not_predicted():
+    from types import SimpleNamespace
+
+    from charlm.data.batches import make_sampler
+    from charlm.training.loop import IGNORED, Trainer
+
+    sampler = make_sampler("sequential", np.arange(30000) % 7, 4, 12, 0, state_reset=0.5)
+    fresh = np.array([True, False, True, False])
+    x = torch.arange(48).reshape(4, 12) % 7
+    y = (torch.arange(48).reshape(4, 12) + 1) % 7
+    trainer = SimpleNamespace(sampler=sampler, epoch=0, batch=3, model=SimpleNamespace(vocab_size=7))
+    nx, ny = Trainer.random_starts(trainer, x, y, fresh)
+    lengths, tokens = sampler.random_starts(0, 3, 7)
+    for r in range(4):
+        k = int(lengths[r]) if fresh[r] else 0
+        assert nx[r, :k].tolist() == tokens[r, :k].tolist() and torch.equal(nx[r, k:], x[r, k:])
+        assert (ny[r, :max(k - 1, 0)] == IGNORED).all() and torch.equal(ny[r, max(k - 1, 0):], y[r, max(k - 1, 0):])
+    assert torch.equal(x, torch.arange(48).reshape(4, 12) % 7)  # the batch itself is left alone
+    assert ((tokens >= 1) & (tokens < 7)).all() and ((lengths >= 1) & (lengths <= 4)).all()
 
 
 def test_best_pt_after_resume_holds_the_best_val_perplexity(tmp_path, monkeypatch, tiny_text):

@@ -251,11 +251,32 @@ def test_vocab_size_is_part_of_the_contract(name):
     assert model.vocab_size == VOCAB == logits.shape[-1]
 
 
-def test_rare_tokens_rows_start_scaled_toward_zero_and_the_others_untouched():
+def test_rare_tokens_read_as_their_row_blended_with_the_mean_row_by_count():
     torch.manual_seed(0)
     model, _ = build_model("lstm", 5, hidden_size=8, embedding_dim=4)
-    before = model.embedding.weight.detach().clone()
+    weight = model.embedding.weight.detach().clone()
+    ids = torch.arange(5)[None]
+    torch.testing.assert_close(model.input_rows(ids)[0], weight, rtol=0, atol=0)  # a model as built trusts every row
     quiet_rare_inputs(model, [0, 50, 100, 1000, 7])  # RARE_TOKEN_COUNT = 100
+    assert torch.equal(model.embedding.weight, weight)  # the weights are not touched: the reading is
+    trust = torch.tensor([0.0, 0.5, 1.0, 1.0, 0.07])
+    mean = (trust @ weight) / trust.sum()
+    read = model.input_rows(ids)[0]
+    assert torch.equal(read[2:4], weight[2:4])
+    torch.testing.assert_close(read[0], mean)  # never seen: the mean row
+    torch.testing.assert_close(read[1], 0.5 * weight[1] + 0.5 * mean)
+    state = model.state_dict()
+    assert torch.equal(state["row_trust"], trust)  # saved with the weights, so evaluation reads the same
+    del state["row_trust"]  # a checkpoint from before the blend: every row trusted, as its model did
+    model.load_state_dict(state)
+    assert torch.equal(model.row_trust, torch.ones(5))
+
+
+def test_the_scratch_rnns_rare_rows_start_scaled_toward_zero():
+    torch.manual_seed(0)
+    model, _ = build_model("rnn_scratch", 5, hidden_size=8, embedding_dim=4)
+    before = model.embedding.weight.detach().clone()
+    quiet_rare_inputs(model, [0, 50, 100, 1000, 7])
     after = model.embedding.weight.detach()
     assert torch.equal(after[2:4], before[2:4]) and not after[0].any()
     torch.testing.assert_close(after[[1, 4]], before[[1, 4]] * torch.tensor([[0.5], [0.07]]))

@@ -31,6 +31,9 @@ def make_sampler(name: str, ids: np.ndarray, batch_size: int, num_steps: int, se
     return sampler
 
 
+RANDOM_START_TOKENS = 4  # a restarted row starts with 1 to 4 random tokens (random_starts)
+
+
 class BatchSampler:
     """Yields (inputs, targets) pairs of shape (local_batch, num_steps) for one epoch at a time.
 
@@ -76,6 +79,18 @@ class BatchSampler:
         draw = np.random.default_rng([self.seed, epoch, batch, 1]).random(self.batch_size)
         rows = (draw < self.state_reset)[self.local_rows]
         return rows if rows.any() else None
+
+    def random_starts(self, epoch: int, batch: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per local row, a length in 1..RANDOM_START_TOKENS and that many random ids (1..V−1), padded.
+
+        A restarted row reads these before its text, as a prompt may start with anything: the
+        model learns to recover from an arbitrary start instead of meeting one first at a prompt
+        (docs/derailing.md). Drawn for the global batch from (seed, epoch, batch), like fresh_rows.
+        """
+        rng = np.random.default_rng([self.seed, epoch, batch, 2])
+        lengths = rng.integers(1, RANDOM_START_TOKENS + 1, self.batch_size)[self.local_rows]
+        tokens = rng.integers(1, max(2, vocab_size), (self.batch_size, RANDOM_START_TOKENS))[self.local_rows]
+        return lengths, tokens
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError

@@ -137,13 +137,13 @@ def _int8_kernel_works(q: torch.Tensor, scale: torch.Tensor) -> bool:
     return bool(torch.allclose(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()) + 1e-6))
 
 
-def _input_table(weight_ih: torch.Tensor, embedding: nn.Embedding | None, bias: torch.Tensor):
+def _input_table(weight_ih: torch.Tensor, model: RecurrentLM, mean: torch.Tensor | None, bias: torch.Tensor):
     """Rows W_ih·x + bias for every token x: (V, G), or None when too large (see MAX_TABLE_ELEMENTS)."""
-    if embedding is None:  # one-hot input: row v of W_ihᵀ
+    if model.embedding is None:  # one-hot input: row v of W_ihᵀ
         return (weight_ih.t() + bias).contiguous()
-    if embedding.weight.shape[0] * weight_ih.shape[0] > MAX_TABLE_ELEMENTS:
+    if model.vocab_size * weight_ih.shape[0] > MAX_TABLE_ELEMENTS:
         return None
-    return torch.addmm(bias, embedding.weight, weight_ih.t())
+    return torch.addmm(bias, model.input_rows(mean=mean), weight_ih.t())
 
 
 # ---------------------------------------------------------------- rnn, gru, lstm
@@ -173,15 +173,15 @@ def _recurrent_stepper(model: RecurrentLM, state, precision: str) -> Step:
     hs = [h.contiguous() for h in (state[0] if is_lstm else state)]  # per layer (B, H)
     cs = [c.contiguous() for c in state[1]] if is_lstm else []
     layers = []
+    mean = model.mean_row() if model.embedding is not None else None  # rare tokens' rows lean on it
     for k in range(rnn.num_layers):
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
         b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
         # The GRU's new gate multiplies (W_hn h + b_hn) by r, so b_hh stays with the hidden product.
         in_bias, hid_bias = (b_ih, b_hh[None]) if is_gru else (b_ih + b_hh, None)
-        table = _input_table(w_ih, model.embedding, in_bias) if k == 0 else None
+        table = _input_table(w_ih, model, mean, in_bias) if k == 0 else None
         project = None if table is not None else linear(w_ih, "fp32" if k == 0 else precision)
         layers.append((table, in_bias[None], project, linear(w_hh, precision), hid_bias))
-    embedding = model.embedding.weight if model.embedding is not None else None
     dec_w_t, dec_b = model.decoder.weight.t().contiguous(), model.decoder.bias  # (H, V), (V,)
 
     def step(ids: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ def _recurrent_stepper(model: RecurrentLM, state, precision: str) -> Step:
                 if table is not None:
                     x_gates = table.index_select(0, ids)  # (B, G)
                 else:
-                    x_gates = project(in_bias, embedding.index_select(0, ids))
+                    x_gates = project(in_bias, model.input_rows(ids, mean))
             else:
                 x_gates = project(in_bias, x)
             if is_gru:

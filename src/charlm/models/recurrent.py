@@ -13,23 +13,31 @@ from charlm.device.precision import run_rnn
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-# A token the training text holds fewer times than this starts with its embedding row scaled by
-# count / RARE_TOKEN_COUNT. Adam moves a row by about lr per element each time its token appears,
-# so a row seen fewer than ~1/lr times (77-100 at the shipped rates) keeps most of its N(0, 1)
-# start: as long as a trained row and pointing anywhere. Read from zero, such a row threw the
-# state where training never went and the model never recovered (docs/derailing.md: `[` or `V`
-# starting a prompt). Rows of tokens seen that often are untouched, so is the random stream.
+# A token the training text holds fewer times than this cannot be trusted with an input row of its
+# own: Adam moves a row by about lr per element each time its token appears, so a row seen fewer
+# than ~1/lr times (77-100 at the shipped rates) stays mostly its random start. Read from the zero
+# state, such a row threw the state where training never went and the model never recovered
+# (docs/derailing.md: `[` or `V` starting a prompt); scaled toward zero it still could (`"`, seen 28
+# times, from the zero state sent an LSTM's cells counting up without end). So the models with an
+# embedding read a rare token as a blend of its own row and the mean row, trusting its own row by
+# count / RARE_TOKEN_COUNT (shrinkage toward the mean, as for any rare category); the blend is part
+# of the model (a buffer saved with the weights), so training adapts to it.
 RARE_TOKEN_COUNT = 100
 
 
 def quiet_rare_inputs(model: nn.Module, counts) -> None:
-    """Scale the embedding rows of rare tokens (`counts`: per id, in the training split) toward zero."""
-    embedding = getattr(model, "embedding", None)
-    if not getattr(model, "rare_inputs_start_quiet", False) or not isinstance(embedding, nn.Embedding):
+    """Tell a new model how far to trust each token's input row, from `counts` per id in the training split."""
+    if not getattr(model, "rare_inputs_start_quiet", False):
         return
-    scale = (torch.as_tensor(counts, dtype=torch.float32) / RARE_TOKEN_COUNT).clamp(max=1.0)
-    with torch.no_grad():
-        embedding.weight.mul_(scale[:, None].to(embedding.weight))
+    trust = (torch.as_tensor(counts, dtype=torch.float32) / RARE_TOKEN_COUNT).clamp(max=1.0)
+    row_trust = getattr(model, "row_trust", None)
+    if row_trust is not None:
+        row_trust.copy_(trust.to(row_trust))
+        return
+    embedding = getattr(model, "embedding", None)
+    if isinstance(embedding, nn.Embedding):  # the book's scratch RNN: its rare rows start scaled toward zero
+        with torch.no_grad():
+            embedding.weight.mul_(trust[:, None].to(embedding.weight))
 
 
 class RecurrentLM(nn.Module):
@@ -50,6 +58,8 @@ class RecurrentLM(nn.Module):
         embedding_dim, dropout = options.embedding_dim, options.dropout
         # embedding_dim None means one-hot input, as in D2L: the layer's input_size is V.
         self.embedding = None if embedding_dim is None else nn.Embedding(vocab_size, embedding_dim)
+        if self.embedding is not None:  # per token, how far its own input row is trusted (quiet_rare_inputs)
+            self.register_buffer("row_trust", torch.ones(vocab_size))
         self.rnn = self.layer_class(
             input_size=vocab_size if embedding_dim is None else embedding_dim,
             hidden_size=hidden_size,
@@ -72,12 +82,30 @@ class RecurrentLM(nn.Module):
             self.num_layers, batch_size, self.hidden_size, device=device, dtype=weight.dtype
         )
 
+    def mean_row(self) -> torch.Tensor:
+        """(E,): the mean embedding row, weighted by trust: what a rare token mostly reads as."""
+        return (self.row_trust @ self.embedding.weight) / self.row_trust.sum()
+
+    def input_rows(self, ids: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """Input rows as the model reads them, (..., E) for `ids` or (V, E): rare ones blended with the mean."""
+        weight, trust = self.embedding.weight, self.row_trust
+        rows = weight if ids is None else F.embedding(ids, weight)
+        own = trust[:, None] if ids is None else trust[ids][..., None]
+        mean = self.mean_row() if mean is None else mean
+        return own * rows + (1 - own) * mean  # exactly `rows` where own = 1
+
     def _inputs(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:
-            return self.embedding(ids)  # (B, T, E)
+            return self.input_rows(ids)  # (B, T, E)
         # One-hot rather than an identity lookup table: a (V, V) buffer would cost V² memory
         # for word-level vocabularies, while one_hot allocates only (B, T, V).
         return F.one_hot(ids, self.vocab_size).to(self.decoder.weight.dtype)  # (B, T, V)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before row_trust existed trust every row, as their model did.
+        if self.embedding is not None and prefix + "row_trust" not in state_dict:
+            state_dict[prefix + "row_trust"] = torch.ones_like(self.row_trust)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, ids: torch.Tensor, state: RecurrentState | None = None

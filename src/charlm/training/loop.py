@@ -29,6 +29,7 @@ from charlm.training.schedule import lr_factor, make_optimizer, run_progress
 
 Event = Callable[[str, dict[str, Any]], None]
 MAX_LOSS = math.log(sys.float_info.max)  # ~709.8 nats: beyond it exp(loss), the perplexity, overflows
+IGNORED = -100  # a target not scored (F.cross_entropy's ignore_index): see Trainer.random_starts
 
 
 class TrainingDiverged(CharLMError):
@@ -141,18 +142,32 @@ class Trainer:
                 window = Window(self.device)
         return self.finish("finished" if last else "interrupted", val)
 
+    def random_starts(self, x: torch.Tensor, y: torch.Tensor, fresh: np.ndarray):
+        """Restarted rows read 1-4 random tokens first; predicting those random tokens is not scored."""
+        lengths, tokens = self.sampler.random_starts(self.epoch, self.batch, self.model.vocab_size)
+        x, y = x.clone(), y.clone()
+        for r in np.flatnonzero(fresh):
+            k = int(lengths[r])
+            x[r, :k] = torch.from_numpy(tokens[r, :k]).to(x)
+            y[r, :k - 1] = IGNORED  # y[t] is x[t + 1]: the next random token, no lesson in it
+        return x, y
+
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = upload_batch(xb, yb, self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         state = self.state if self.sampler.carries_state else None
         fresh = self.sampler.fresh_rows(self.epoch, self.batch) if state is not None else None
-        if fresh is not None:  # some rows start afresh, as every prompt does
+        if fresh is not None:  # some rows start afresh, as every prompt does, and from random tokens
             rows = torch.from_numpy(fresh).to(self.device)
             state = restart_rows(state, self.model.init_state(len(fresh), self.device), rows, self.state_dims)
+            x, y = self.random_starts(x, y, fresh)
         with self.autocast:
             logits, state = self.net(x, state)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        # Over all B·T positions, the ignored ones counting 0: each rank's loss then has the same
+        # denominator, so DDP's average of rank gradients is the single-process gradient.
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=IGNORED,
+                               reduction="sum") / y.numel()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.optim.grad_clip
