@@ -24,8 +24,8 @@ DESCRIPTIONS = {
     "data.level": "Tokens are characters (`char`) or words, punctuation and whitespace runs (`word`).",
     "data.sampling": "Minibatches: `random` (fresh state every batch) or `sequential` (contiguous streams, "
                      "state carried and detached).",
-    "data.state_reset": "Sequential only: the share of rows restarted from the initial state at each batch "
-                        "(see [derailing](../derailing.md)).",
+    "data.state_reset": "Sequential only: the share of rows restarted from the initial state at each batch, "
+                        "each reading 1 to 4 random tokens before its text (see [derailing](../derailing.md)).",
     "data.batch_size": "Rows per optimizer step, global across processes (divisible by their number).",
     "data.num_steps": "Characters per row: the truncated-BPTT length, or a `gpt`'s training window "
                       "(at most `model.context`).",
