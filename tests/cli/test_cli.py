@@ -379,6 +379,13 @@ def test_plan_prints_the_plan_and_a_config_that_loads(workdir, monkeypatch):
     cfg = build_config(yaml.safe_load("\n".join(lines[2:])), name="plan")
     assert cfg.train.max_steps == 500 and cfg.data.corpus == "corpus.txt"
     assert not (workdir / "cache").exists()  # a steps budget measures nothing
+    letters = invoke("plan", "corpus.txt", "--steps", "500", "--set", "data.normalize=letters",
+                     "--set", "optim.lr=0.002", "--yaml")
+    assert letters.exit_code == 0, letters.output
+    cfg = build_config(yaml.safe_load("\n".join(letters.stdout.splitlines()[2:])), name="plan")
+    assert cfg.data.normalize == "letters" and cfg.optim.lr == 0.002  # as `charlm train TEXT --set ...` would
+    line = one_error_line(invoke("plan", "corpus.txt", "--steps", "500", "--set", "data.normalise=letters"))
+    assert "data.normalise" in line and "data.normalize" in line  # a misspelt key: one line naming the right one
 
 
 @pytest.mark.parametrize("command", [["evaluate"], ["score", "the time"]])

@@ -118,10 +118,12 @@ def plan(
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Measure this device again, ignoring the cache."),
     search: bool = typer.Option(False, "--search", help="Also say what `charlm train --search` would try."),
     search_share: Optional[float] = typer.Option(None, "--search-share", help="The budget's share for --search."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a key as `charlm train TEXT` would: "
+                                        "--set data.normalize=letters (repeatable)."),
 ) -> None:
     """Plan a run for a text and a budget from this device's measured speed; print it without training."""
-    from charlm.planning.calibrate import plan_corpus
-    from charlm.config import build_config, dump_yaml
+    from charlm.planning.calibrate import planned_config
+    from charlm.config import dump_yaml
     from charlm.planning.planner import Budget, parse_duration
 
     budget = Budget(parse_duration(time_budget) if time_budget is not None else None, steps)
@@ -130,14 +132,14 @@ def plan(
 
         search_share = check_share(search_share, search)
     note = lambda message: err.print(escape(message), highlight=False)  # noqa: E731
-    result = plan_corpus(corpus, budget, device=device, recalibrate=recalibrate, note=note)
+    cfg, result = planned_config(corpus, budget, overrides, device=device, recalibrate=recalibrate, note=note)
     out.print(escape(result.describe()), highlight=False)
     if search:
         from charlm.planning.tune import plan_search
 
         out.print(escape(plan_search(corpus, budget, search_share, device=device, note=note)), highlight=False)
-    if as_yaml:
-        print(dump_yaml(build_config(result.config, name="plan")), end="")
+    if as_yaml:  # the config `charlm train TEXT` with the same --set would train
+        print(dump_yaml(cfg), end="")
 
 
 @app.command(epilog="Examples: charlm plot\n\ncharlm plot runs/rnn")
