@@ -46,7 +46,7 @@ def test_a_new_run_starts_its_rare_characters_quiet_counted_on_the_training_spli
     import charlm.train as train_module
 
     seen = []
-    monkeypatch.setattr(train_module, "quiet_rare_inputs", lambda model, counts: seen.append(counts))
+    monkeypatch.setattr(train_module, "trust_inputs_by_count", lambda model, counts: seen.append(counts))
     train(tiny("data.normalize=none"), run_dir="run", handle_signals=False)
     corpus = load_corpus(next((workdir / "data").iterdir()))
     assert len(seen) == 1 and seen[0].tolist() == np.bincount(corpus.train, minlength=len(corpus.vocab)).tolist()

@@ -26,7 +26,7 @@ from charlm.training.distributed import Dist
 from charlm.errors import ConfigError
 from charlm.training.loop import Event, Trainer, TrainingDiverged, TrainResult
 from charlm.models import build_model, model_class
-from charlm.models.recurrent import quiet_rare_inputs
+from charlm.models.recurrent import trust_inputs_by_count
 from charlm.training.rundir import RunDir
 from charlm.training.schedule import lr_factor, make_optimizer, run_progress
 from charlm.training.tensorboard import require_tensorboard
@@ -104,7 +104,7 @@ def open_run(cfg: RunConfig, dist: Dist, run: RunDir, *, resume: bool, force: bo
     if start is not None:
         _load_init(model, model_args, start, cfg, corpus)
     else:
-        quiet_rare_inputs(model, token_counts(corpus.train, len(corpus.vocab)))
+        trust_inputs_by_count(model, token_counts(corpus.train, len(corpus.vocab)))
     model.to(device)
     runtime.seed_rank(t.seed, dist.rank, dist.world_size)
     trainer = Trainer(cfg, model, corpus, run, device, dist, emit, model_args)  # checks batches against the model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from charlm.errors import ConfigError
-from charlm.models.recurrent import quiet_rare_inputs
+from charlm.models.recurrent import trust_inputs_by_count
 from charlm.models import (
     available_models,
     build_model,
@@ -257,7 +257,7 @@ def test_rare_tokens_read_as_their_row_blended_with_the_mean_row_by_count():
     weight = model.embedding.weight.detach().clone()
     ids = torch.arange(5)[None]
     torch.testing.assert_close(model.input_rows(ids)[0], weight, rtol=0, atol=0)  # a model as built trusts every row
-    quiet_rare_inputs(model, [0, 50, 100, 1000, 7])  # RARE_TOKEN_COUNT = 100
+    trust_inputs_by_count(model, [0, 50, 100, 1000, 7])  # RARE_TOKEN_COUNT = 100
     assert torch.equal(model.embedding.weight, weight)  # the weights are not touched: the reading is
     trust = torch.tensor([0.0, 0.5, 1.0, 1.0, 0.07])
     mean = (trust @ weight) / trust.sum()
@@ -276,11 +276,11 @@ def test_the_scratch_rnns_rare_rows_start_scaled_toward_zero():
     torch.manual_seed(0)
     model, _ = build_model("rnn_scratch", 5, hidden_size=8, embedding_dim=4)
     before = model.embedding.weight.detach().clone()
-    quiet_rare_inputs(model, [0, 50, 100, 1000, 7])
+    trust_inputs_by_count(model, [0, 50, 100, 1000, 7])
     after = model.embedding.weight.detach()
     assert torch.equal(after[2:4], before[2:4]) and not after[0].any()
     torch.testing.assert_close(after[[1, 4]], before[[1, 4]] * torch.tensor([[0.5], [0.07]]))
     gpt, _ = build_model("gpt", 5, num_layers=1, num_heads=1, embedding_dim=4, context=8)
     kept = gpt.embedding.weight.detach().clone()
-    quiet_rare_inputs(gpt, [0] * 5)  # a windowed model starts every window afresh: left as built
+    trust_inputs_by_count(gpt, [0] * 5)  # a windowed model starts every window afresh: left as built
     assert torch.equal(gpt.embedding.weight, kept)

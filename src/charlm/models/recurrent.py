@@ -25,9 +25,9 @@ RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 RARE_TOKEN_COUNT = 100
 
 
-def quiet_rare_inputs(model: nn.Module, counts) -> None:
+def trust_inputs_by_count(model: nn.Module, counts) -> None:
     """Tell a new model how far to trust each token's input row, from `counts` per id in the training split."""
-    if not getattr(model, "rare_inputs_start_quiet", False):
+    if not getattr(model, "trusts_inputs_by_count", False):
         return
     trust = (torch.as_tensor(counts, dtype=torch.float32) / RARE_TOKEN_COUNT).clamp(max=1.0)
     row_trust = getattr(model, "row_trust", None)
@@ -47,7 +47,7 @@ class RecurrentLM(nn.Module):
     """
 
     trainable = True
-    rare_inputs_start_quiet = True  # see quiet_rare_inputs
+    trusts_inputs_by_count = True  # see trust_inputs_by_count
     layer_class: type[nn.RNNBase] = nn.RNN
 
     def __init__(self, vocab_size: int, options: RecurrentOptions) -> None:
@@ -58,7 +58,7 @@ class RecurrentLM(nn.Module):
         embedding_dim, dropout = options.embedding_dim, options.dropout
         # embedding_dim None means one-hot input, as in D2L: the layer's input_size is V.
         self.embedding = None if embedding_dim is None else nn.Embedding(vocab_size, embedding_dim)
-        if self.embedding is not None:  # per token, how far its own input row is trusted (quiet_rare_inputs)
+        if self.embedding is not None:  # per token, how far its own input row is trusted (trust_inputs_by_count)
             self.register_buffer("row_trust", torch.ones(vocab_size))
         self.rnn = self.layer_class(
             input_size=vocab_size if embedding_dim is None else embedding_dim,

@@ -23,7 +23,7 @@ class RNNScratch(nn.Module):
     """
 
     trainable = True
-    rare_inputs_start_quiet = True  # see charlm.models.recurrent.quiet_rare_inputs
+    trusts_inputs_by_count = True  # see charlm.models.recurrent.trust_inputs_by_count
 
     def __init__(self, vocab_size: int, options: ScratchRNNOptions) -> None:
         super().__init__()
