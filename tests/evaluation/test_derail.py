@@ -98,15 +98,13 @@ def test_starts_command_refuses_a_bad_option_in_one_line(trained):
 @pytest.mark.slow
 def test_a_small_lstm_that_derailed_before_the_random_starts_now_reads_every_start(tmp_path, monkeypatch, corpus_dir):
     """The reproduction of docs/derailing.md at test size: 100,000 characters of The Time Machine, every
-    character kept (a quotation mark seen 28 times, digits once or twice), an LSTM 1×512 trained 600 steps.
-
-    Without the random starts (patched away: the positive control) two starts derail it, `xW` and
-    `x:`; as it trains now, none does.
+    character kept, an LSTM 1×512 trained 600 steps. Without the random starts this very run derails on
+    two starts (`xW`, `x:`; measured, docs/derailing.md), so the test fails if they are removed; the
+    positive control is not rerun here to keep CI within its time.
     """
     from charlm.config import build_config
     from charlm.evaluation.derail import check_checkpoint
     from charlm.train import train
-    from charlm.training.loop import Trainer
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus.txt").write_text((corpus_dir / "timemachine.txt").read_text(encoding="utf-8")[:100_000],
@@ -116,12 +114,6 @@ def test_a_small_lstm_that_derailed_before_the_random_starts_now_reads_every_sta
            "model": {"name": "lstm", "hidden_size": 512, "embedding_dim": 64, "dropout": 0.0},
            "optim": {"lr": 0.005},
            "train": {"max_steps": 600, "eval_every": 600, "device": "cpu", "precision": "fp32", "seed": 0}}
-
-    def derailed(run):
-        train(build_config(raw, name="small"), run_dir=run, force=True)
-        return check_checkpoint(run).derailed
-
-    assert derailed("now") == 0
-    with monkeypatch.context() as before:
-        before.setattr(Trainer, "random_starts", lambda self, x, y, fresh: (x, y))
-        assert derailed("before") > 0
+    train(build_config(raw, name="small"), run_dir="now", force=True)
+    result = check_checkpoint("now")
+    assert result.starts == result.possible_starts == 68 * 68 and result.derailed == 0
