@@ -48,7 +48,7 @@ DESCRIPTIONS = {
     "model.num_heads": "Attention heads per block (`embedding_dim` must divide by it).",
     "model.positions": "`learned` position embeddings or `rotary` ones.",
     "model.stride": "How far the window slides when generation or evaluation passes `context`; null means "
-                    "context / 2.",
+                    "context − context // 4 (three quarters of the window).",
     "optim.name": "The optimizer: `sgd`, `adam` or `adamw`.",
     "optim.lr": "Peak learning rate.",
     "optim.weight_decay": "Weight decay (decoupled for `adamw`).",

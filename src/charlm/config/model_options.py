@@ -122,7 +122,7 @@ class NGramOptions(ModelOptions):
 @family("gpt")
 @dataclass(frozen=True, kw_only=True)
 class GPTOptions(ModelOptions):
-    """A decoder-only transformer embedding_dim wide; stride null means context // 2."""
+    """A decoder-only transformer embedding_dim wide; stride null means context − context // 4."""
 
     num_layers: int = field(default=4, metadata=_LAYERS)
     num_heads: int = field(default=4, metadata=bounded(1, 1024))

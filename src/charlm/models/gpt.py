@@ -91,7 +91,10 @@ class GPT(nn.Module):
         self.context = context = options.context
         width, dropout, positions = options.embedding_dim, options.dropout, options.positions
         self.head_dim = width // num_heads  # the options check that num_heads divides the width
-        self.stride = max(1, context // 2) if options.stride is None else options.stride
+        # The default slide keeps a quarter of the window: every scored token after the first window sees at
+        # least context/4 tokens. Measured on a trained shakespeare_gpt (docs/evaluation.md), it scores within
+        # 0.15 % of a half-window slide at 1.6× its speed.
+        self.stride = max(1, context - context // 4) if options.stride is None else options.stride
         self.positions = positions
         self.embedding = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(context, width) if positions == "learned" else None
