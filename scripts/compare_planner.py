@@ -3,9 +3,10 @@
 For each corpus: the planned run (`charlm train TEXT --time T`), the Kneser–Ney 5-gram
 (`ngram.yaml` with every character kept, as the planned run keeps them), and the shipped
 `shakespeare_5min` and `shakespeare_gpt` configs pointed at the corpus with the same time limit;
-every best.pt scored on the full validation split. Prints a Markdown table per corpus with the CPU.
+every best.pt scored on the full validation split and checked for derailing starts (`charlm starts`).
+Prints a Markdown table per corpus with the CPU.
 
-    python scripts/compare_planner.py --time 5m /work/corpora/kjv.txt /work/corpora/c-source.txt ...
+    python scripts/compare_planner.py --time 5m /work/corpora/kjv.txt /work/corpora/linux_c.txt ...
     python scripts/compare_planner.py --quick   # seconds: a tiny text and tiny budgets, for the tests
 """
 
@@ -19,6 +20,7 @@ from bench_train import cpu_report
 
 from charlm.planning.calibrate import plan_corpus
 from charlm.config import build_config, load_config
+from charlm.evaluation.derail import check_checkpoint
 from charlm.inference import evaluate_checkpoint
 from charlm.planning.planner import Budget, Candidate, Rules, parse_duration
 from charlm.config.shipped import shipped_configs
@@ -41,17 +43,19 @@ def hand_config(name: str, corpus: str, seconds: float, quick: bool):
     return build_config(raw, name=name)
 
 
-def score(cfg, root: Path, label: str) -> tuple[float, int]:
+def score(cfg, root: Path, label: str) -> tuple[float, int, str]:
+    """(nats per character, steps, derailed starts) of best.pt after training `cfg`."""
     result = train(cfg, run_dir=root / label, force=True)
     scored = evaluate_checkpoint(result.run_dir)
-    return scored.nats_per_token, result.step
+    starts = check_checkpoint(result.run_dir)
+    return scored.nats_per_token, result.step, f"{starts.derailed:,} of {starts.starts:,}"
 
 
-def compare(corpus: str, seconds: float, root: Path, quick: bool = False) -> list[tuple[str, float, int]]:
+def compare(corpus: str, seconds: float, root: Path, quick: bool = False) -> list[tuple[str, float, int, str]]:
     rows = []
     small = {"rules": Rules(min_tokens=1000), "candidates": (Candidate(16, batch_size=4, num_steps=16),)}
     planned = plan_corpus(corpus, Budget(seconds=seconds), **(small if quick else {}))
-    print(f"  {planned.summary()}", flush=True)
+    print("  " + planned.describe().replace("\n", "\n  "), flush=True)
     rows.append(("planned: " + planned.candidate.describe(), *score(build_config(planned.config, name="plan"),
                                                                     root, "plan")))
     ngram = build_config({**load_config(shipped_configs()["ngram"].path).to_dict(),
@@ -79,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         for corpus in corpora:
             print(f"\n**{Path(corpus).name}**, {seconds:g} s each, best.pt on the full validation split\n", flush=True)
             rows = compare(corpus, seconds, root / Path(corpus).stem, quick=args.quick)
-            print("| run | steps | nats/char |\n|---|---:|---:|")
-            for label, nats, steps in rows:
-                print(f"| {label} | {steps:,} | {nats:.4f} |")
+            print("| run | steps | nats/char | derailed starts |\n|---|---:|---:|---:|")
+            for label, nats, steps, derailed in rows:
+                print(f"| {label} | {steps:,} | {nats:.4f} | {derailed} |")
             best = min(rows, key=lambda row: row[1])
             print(f"\nbest: {best[0]}", flush=True)
     return 0

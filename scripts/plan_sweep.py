@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import json
 import tempfile
 from pathlib import Path
@@ -20,22 +21,23 @@ from pathlib import Path
 from bench_train import cpu_report
 from compare_planner import score
 
-from charlm.planning.calibrate import plan_corpus
+from charlm.planning.calibrate import measure_corpus
 from charlm.config import build_config
-from charlm.planning.planner import CANDIDATES, Budget, parse_duration
+from charlm.planning.planner import CANDIDATES, RULES, Budget, Candidate, model_config, parse_duration, plan
 
 
 def neighbours(planned) -> list[tuple[str, dict]]:
     """(label, config) for the plan and each one-factor change around it."""
-    base, out = planned.config, [("plan", planned.config)]
-    ladder = sorted({(c.num_layers, c.hidden_size) for c in CANDIDATES},
-                    key=lambda s: next(c for c in CANDIDATES if (c.num_layers, c.hidden_size) == s).parameters(100))
-    at = ladder.index((base["model"]["num_layers"], base["model"]["hidden_size"]))
+    base, out, chosen = planned.config, [("plan", planned.config)], planned.candidate
+    shapes = {(c.num_layers, c.hidden_size): c for c in CANDIDATES if c.family == chosen.family}
+    ladder = sorted(shapes, key=lambda shape: shapes[shape].parameters(100))
+    at = ladder.index((chosen.num_layers, chosen.hidden_size))
     for step, label in ((-1, "smaller"), (1, "larger")):
         if 0 <= at + step < len(ladder):
             cfg = copy.deepcopy(base)
-            cfg["model"]["num_layers"], cfg["model"]["hidden_size"] = ladder[at + step]
-            out.append((f"{label} {ladder[at + step][0]}×{ladder[at + step][1]}", cfg))
+            near = replace(chosen, num_layers=ladder[at + step][0], hidden_size=ladder[at + step][1])
+            cfg["model"] = model_config(near, base["model"]["dropout"])
+            out.append((f"{label} {near.num_layers}×{near.hidden_size}", cfg))
     for factor in (0.5, 2.0):
         cfg = copy.deepcopy(base)
         cfg["optim"]["lr"] = base["optim"]["lr"] * factor
@@ -50,25 +52,48 @@ def neighbours(planned) -> list[tuple[str, dict]]:
     return out
 
 
+def equal_steps(raw: dict, seconds: float, speed) -> dict:
+    """`raw` trained for the steps `seconds` buy its model at the calibrated speed, with no clock."""
+    d, m = raw["data"], raw["model"]
+    if m["name"] == "gpt":
+        shape = Candidate(m["embedding_dim"], m["num_layers"], d["batch_size"], d["num_steps"], family="gpt")
+    else:
+        shape = Candidate(m["hidden_size"], m["num_layers"], d["batch_size"], d["num_steps"], m["embedding_dim"])
+    steps = max(1, int(speed(shape) * RULES.train_seconds(seconds)) // (shape.batch_size * shape.num_steps))
+    return {**raw, "train": {**raw["train"], "max_time": None, "max_steps": steps,
+                             "eval_every": max(1, steps // RULES.evaluations)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpora", nargs="+", help="text files (or built-in dataset names)")
     parser.add_argument("--time", nargs="+", default=["90s"], help="budgets (default 90s)")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, help="step budgets instead of --time")
     parser.add_argument("--out", type=Path, default=Path("sweep.jsonl"), help="rows appended here")
+    parser.add_argument("--normalize", default="none", help="data.normalize for every run (default none)")
+    parser.add_argument("--clock", action="store_true", help="train until the time is up, not the steps it buys")
     args = parser.parse_args(argv)
     print("\n".join(cpu_report()))
     with tempfile.TemporaryDirectory() as tmp:
         for corpus in args.corpora:
-            for budget in args.time:
-                seconds = parse_duration(budget)
-                planned = plan_corpus(corpus, Budget(seconds=seconds))
-                print(f"\n**{Path(corpus).name}**, {seconds:g} s: {planned.summary()}\n")
+            budgets = [Budget(steps=n) for n in args.steps] if args.steps else \
+                [Budget(seconds=parse_duration(t)) for t in args.time]
+            for budget in budgets:
+                seconds = budget.seconds
+                _, profile, speed = measure_corpus(corpus, normalize=args.normalize)
+                planned = plan(profile, budget, speed)
+                length = f"{seconds:g} s" if seconds else f"{budget.steps} steps"
+                print(f"\n**{Path(corpus).name}**, {length}: {planned.summary()}\n")
                 print("| variant | steps | nats/char |\n|---|---:|---:|")
                 for i, (label, raw) in enumerate(neighbours(planned)):
+                    if seconds and not args.clock:
+                        raw = equal_steps(raw, seconds, speed)
                     nats, steps = score(build_config(raw, name="sweep"), Path(tmp), f"run{i}")
                     print(f"| {label} | {steps:,} | {nats:.4f} |", flush=True)
-                    row = {"corpus": corpus, "seconds": seconds, "train_tokens": planned.profile.train_tokens,
-                           "vocab_size": planned.profile.vocab_size, "variant": label, "config": raw,
+                    row = {"corpus": corpus, "normalize": args.normalize, "seconds": seconds,
+                           "steps_budget": budget.steps, "clock": args.clock,
+                           "train_tokens": planned.profile.train_tokens, "vocab_size": planned.profile.vocab_size,
+                           "variant": label, "config": raw,
                            "steps": steps, "nats_per_char": nats, "cpu": cpu_report()[0]}
                     with args.out.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")

@@ -178,15 +178,37 @@ def test_compare_planner_scores_the_plan_beside_the_baselines_on_the_full_split(
     assert "plan: lstm 1×16" in out and out.startswith("cpu: ")
 
 
-def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan():
+@pytest.mark.parametrize("copy_share, family, size_keys", [(0.1, "lstm", {"hidden_size", "num_layers"}),
+                                                            (0.6, "gpt", {"embedding_dim", "num_heads", "num_layers"})])
+def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan(copy_share, family, size_keys):
+    from charlm.config import build_config
     from charlm.planning.planner import Budget, CorpusProfile, plan
 
-    planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(steps=3000), None)
+    planned = plan(CorpusProfile("t.txt", 1_000_000, 66, copy_share=copy_share), Budget(steps=3000), None)
     variants = dict(load_script("plan_sweep").neighbours(planned))
-    assert variants.pop("plan") == planned.config
+    assert variants.pop("plan") == planned.config and planned.candidate.family == family
     assert {label.split()[0] for label in variants} == {"smaller", "larger", "lr", "dropout"}
     for label, raw in variants.items():
         changed = {(section, key) for section in raw for key in raw[section]
                    if raw[section][key] != planned.config[section][key]}
-        allowed = {"hidden_size", "num_layers", "lr", "min_lr", "dropout"}
+        allowed = size_keys | {"lr", "min_lr", "dropout"}
         assert changed and {key for _, key in changed} <= allowed, label
+        assert build_config(raw, name="sweep").model.name == family
+
+
+def test_plan_sweep_trains_each_variant_the_steps_its_speed_buys_not_until_a_clock():
+    from charlm.planning.planner import RULES, Budget, CorpusProfile, plan
+
+    def speed(c):  # a model twice as wide runs at half the tokens/s
+        return 40_000 * 512 / c.hidden_size
+
+    planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(seconds=300), speed)
+    sweep = load_script("plan_sweep")
+    runs = {label: sweep.equal_steps(raw, 300, speed)["train"] for label, raw in sweep.neighbours(planned)}
+    tokens = 40_000 * 512 / planned.config["model"]["hidden_size"] * RULES.train_seconds(300)
+    batch = planned.config["data"]["batch_size"] * planned.config["data"]["num_steps"]
+    assert runs["plan"]["max_steps"] == int(tokens) // batch and runs["plan"]["max_time"] is None
+    larger = next(train for label, train in runs.items() if label.startswith("larger"))
+    smaller = next(train for label, train in runs.items() if label.startswith("smaller"))
+    assert smaller["max_steps"] > runs["plan"]["max_steps"] > larger["max_steps"]
+    assert runs["lr ×2"]["max_steps"] == runs["plan"]["max_steps"]

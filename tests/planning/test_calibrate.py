@@ -10,6 +10,7 @@ from charlm.planning.calibrate import Calibration, machine_key, planned_config
 from charlm.planning.planner import Budget, Candidate
 
 TINY = Candidate(hidden_size=8, batch_size=2, num_steps=4, embedding_dim=4)
+TINY_GPT = Candidate(hidden_size=32, num_layers=1, batch_size=2, num_steps=8, family="gpt")
 
 
 def test_a_candidate_is_measured_once_then_read_from_the_cache(tmp_path):
@@ -20,6 +21,11 @@ def test_a_candidate_is_measured_once_then_read_from_the_cache(tmp_path):
     again = Calibration("cpu", vocab_size=12, path=path)
     assert again(TINY) == speed and again.measured == []
     assert json.loads(path.read_text())[machine_key(again.device, again.precision)][TINY.key] == speed
+
+
+def test_a_transformer_candidate_is_measured_on_random_windows_of_its_context(tmp_path):
+    speed = Calibration("cpu", vocab_size=12, path=tmp_path / "throughput.json")
+    assert speed(TINY_GPT) > 0 and speed.measured == [TINY_GPT.key] and TINY_GPT.key.startswith("gpt-")
 
 
 def test_recalibrate_measures_again(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 
 from charlm.config import build_config
 from charlm.errors import ConfigError
-from charlm.planning.planner import CANDIDATES, RULES, Budget, CorpusProfile, parse_duration, plan
+from charlm.planning import planner
+from charlm.planning.planner import CANDIDATES, RULES, Budget, CorpusProfile, copy_share, parse_duration, plan
 
 SHAKESPEARE = CorpusProfile(corpus="tinyshakespeare", train_tokens=1_003_854, vocab_size=66)
 
@@ -41,8 +42,8 @@ def test_a_faster_device_plans_a_larger_model_and_a_longer_budget_too():
 def test_the_chosen_model_gets_enough_tokens_per_parameter_and_the_next_size_would_not():
     chosen = plan(SHAKESPEARE, Budget(seconds=300), laptop)
     assert chosen.tokens >= RULES.tokens_per_parameter * chosen.parameters
-    larger = [c for c in CANDIDATES if c.parameters(66) > chosen.parameters]
-    assert larger and all(laptop(c) * 300 * (1 - RULES.eval_share) < RULES.tokens_per_parameter * c.parameters(66)
+    larger = [c for c in CANDIDATES if c.family == "lstm" and c.parameters(66) > chosen.parameters]
+    assert larger and all(laptop(c) * RULES.train_seconds(300) < RULES.tokens_per_parameter * c.parameters(66)
                           for c in larger)
 
 
@@ -69,8 +70,9 @@ def test_only_the_shapes_up_to_the_first_misfit_are_measured():
     plan(SHAKESPEARE, Budget(seconds=300), lambda c: asked.append(c) or laptop(c))
     chosen = plan(SHAKESPEARE, Budget(seconds=300), laptop)
     assert max(c.parameters(66) for c in asked) > chosen.parameters  # one size past the choice
+    assert {c.family for c in asked} == {"lstm"}  # Shakespeare repeats little: only LSTMs are considered
     assert len({(c.num_layers, c.hidden_size) for c in asked}) < len({(c.num_layers, c.hidden_size)
-                                                                      for c in CANDIDATES})
+                                                                      for c in CANDIDATES if c.family == "lstm"})
 
 
 def test_a_model_that_does_not_fit_in_memory_is_never_planned():
@@ -108,3 +110,55 @@ def test_a_small_text_caps_the_model_whatever_the_device():
     capped = plan(words, Budget(seconds=3600), gpu)
     assert capped.parameters <= RULES.parameters_per_train_token * words.train_tokens
     assert plan(SHAKESPEARE, Budget(seconds=3600), gpu).parameters > capped.parameters
+
+
+def test_validation_samples_the_split_only_where_scoring_it_whole_would_overrun_its_share_of_the_time():
+    small = plan(CorpusProfile("timemachine", 156_000, 28, val_tokens=17_343), Budget(seconds=180), laptop)
+    assert "eval_tokens" not in small.config["train"]  # 12 whole-split scores fit in 5 % of 3 minutes
+    large = plan(CorpusProfile("big.txt", 90_000_000, 66, val_tokens=10_000_000), Budget(seconds=300), laptop)
+    sample = large.config["train"]["eval_tokens"]
+    seconds = RULES.evaluations * sample / (RULES.eval_speedup * laptop(large.candidate))
+    assert 10_000 <= sample < 10_000_000 and seconds <= 300 * RULES.eval_share
+    assert "validation on" in large.describe()
+
+
+def test_epochs_are_counted_at_the_speed_a_whole_run_realizes_not_the_bare_step():
+    planned = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    bare = laptop(planned.candidate) * 300 * (1 - RULES.eval_share)
+    assert planned.tokens == int(bare * RULES.realized_speed) < bare
+
+
+def test_copy_share_counts_the_characters_a_copy_from_the_last_window_predicts():
+    def ids(text):
+        return [ord(ch) for ch in text]
+
+    words = "\n".join(["abandon", "abandoned", "abandoning", "abandonment", "abandons", "abase", "abased",
+                        "abasement", "abash", "abashed", "abashes"] * 3)
+    prose = "It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith"
+    assert copy_share(ids(words)) > 0.5 > 0.1 > copy_share(ids(prose))
+    assert copy_share(ids("abcd" * 50)) > 0.95  # a loop is all copies
+    assert copy_share(ids("abcd" * 50), window=2) == 0  # but not when its period is past the window
+
+
+def test_a_text_that_repeats_within_a_window_gets_a_transformer_on_random_windows():
+    words = CorpusProfile(corpus="words.txt", train_tokens=1_000_000, vocab_size=60, copy_share=0.56)
+    planned = plan(words, Budget(seconds=300), laptop)
+    cfg = build_config(planned.config, name="plan")
+    assert (cfg.model.name, cfg.data.sampling, cfg.model.context) == ("gpt", "random", cfg.data.num_steps)
+    assert cfg.model.embedding_dim % cfg.model.num_heads == 0 and "a transformer: 56%" in planned.describe()
+    assert planned.tokens >= RULES.tokens_per_parameter * planned.parameters or planned.candidate == min(
+        (c for c in CANDIDATES if c.family == "gpt"), key=lambda c: (c.parameters(60), -c.batch_size))
+    prose = plan(SHAKESPEARE, Budget(seconds=300), laptop)
+    assert prose.config["model"]["name"] == "lstm" and "an LSTM:" in prose.describe()
+
+
+def test_a_transformer_gets_less_dropout_than_an_lstm_for_the_same_epochs():
+    def plans(copy):
+        text = CorpusProfile(corpus="t.txt", train_tokens=2_000_000, vocab_size=60, copy_share=copy)
+        return [plan(text, Budget(seconds=s), laptop) for s in (120, 3600)]
+
+    gpt_short, gpt_long = plans(0.6)
+    assert gpt_short.config["model"]["name"] == "gpt" and gpt_short.epochs < 4
+    assert gpt_short.config["model"]["dropout"] == 0.0 < gpt_long.config["model"]["dropout"]
+    for e in (0.5, 2, 3, 6, 12, 30):  # at equal epochs, never more than an LSTM's
+        assert planner._dropout(e, RULES, "gpt") <= planner._dropout(e, RULES, "lstm")

@@ -23,6 +23,7 @@ from charlm.errors import CharLMError
 from charlm.planning.planner import Candidate
 
 MEASURE_S = 0.6  # per candidate after its warm-up step: long enough to average, short enough to try several
+COPY_SAMPLE = 200_000  # training tokens the copy statistic (planner.copy_share) is counted on
 
 
 def cache_path() -> Path:
@@ -93,12 +94,13 @@ class Calibration:
         from charlm.training.distributed import Dist
         from charlm.training.loop import Trainer
         from charlm.models import build_model
+        from charlm.planning.planner import model_config
         from charlm.train import model_options
 
         self.note(f"calibrating {c.describe()} on batch {c.batch_size} × {c.num_steps}")
-        cfg = build_config({"data": {"batch_size": c.batch_size, "num_steps": c.num_steps, "sampling": "sequential"},
-                            "model": {"name": c.family, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
-                                      "embedding_dim": c.embedding_dim},
+        sampling = "random" if c.family == "gpt" else "sequential"
+        cfg = build_config({"data": {"batch_size": c.batch_size, "num_steps": c.num_steps, "sampling": sampling},
+                            "model": model_config(c, 0.0),
                             "optim": {"name": "adamw", "lr": 1e-3},
                             "train": {"max_steps": 10**9, "device": str(self.device), "precision": "auto"}})
         ids = np.random.default_rng(0).integers(self.vocab_size, size=c.batch_size * c.num_steps * 8 + 2,
@@ -137,14 +139,16 @@ def measure_corpus(corpus: str, *, device: str = "auto", recalibrate: bool = Fal
     (every character kept, unless `normalize` says otherwise), and this device's speed, measured as the planner asks."""
     from charlm.config import DataConfig
     from charlm.data.prepare import prepare_for_training
-    from charlm.planning.planner import CorpusProfile
+    from charlm.planning.planner import CorpusProfile, copy_share
     from charlm.device.runtime import resolve_device
 
     note = note or (lambda message: None)
     prepared = prepare_for_training(DataConfig(corpus=corpus, normalize=normalize), on_note=note)
-    profile = CorpusProfile(corpus=corpus, train_tokens=len(prepared.train), vocab_size=len(prepared.vocab),
+    train = prepared.train
+    middle = max(0, len(train) // 2 - COPY_SAMPLE // 2)  # a sample: the statistic settles well before 200k
+    profile = CorpusProfile(corpus=corpus, train_tokens=len(train), vocab_size=len(prepared.vocab),
                             level=prepared.meta.get("level", "char"), val_tokens=len(prepared.val),
-                            normalize=normalize)
+                            normalize=normalize, copy_share=copy_share(train[middle:middle + COPY_SAMPLE]))
     speed = Calibration(resolve_device(device), profile.vocab_size, recalibrate=recalibrate, note=note)
     return prepared, profile, speed
 

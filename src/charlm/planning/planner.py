@@ -37,7 +37,8 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A model shape the planner may choose: an LSTM of `num_layers` × `hidden_size` on batch × num_steps."""
+    """A model shape the planner may choose, on batch × num_steps: an LSTM of `num_layers` × `hidden_size`,
+    or a transformer (`family` gpt) of `num_layers` blocks `hidden_size` wide with a num_steps window."""
 
     hidden_size: int
     num_layers: int = 1
@@ -50,9 +51,20 @@ class Candidate:
     def key(self) -> str:
         return f"{self.family}-{self.num_layers}x{self.hidden_size}-b{self.batch_size}x{self.num_steps}"
 
+    @property
+    def num_heads(self) -> int:
+        return max(1, self.hidden_size // GPT_HEAD_SIZE)
+
     def parameters(self, vocab_size: int) -> int:
-        """nn.LSTM's count: per layer 4 gates of W_x, W_h and two biases; plus embedding and decoder."""
+        """nn.LSTM's count: per layer 4 gates of W_x, W_h and two biases; plus embedding and decoder.
+
+        A gpt's: token and position embeddings, per block attention (4 w² + 4 w), MLP (8 w² + 5 w)
+        and two LayerNorms (4 w), the final LayerNorm and the decoder.
+        """
         h, e = self.hidden_size, self.embedding_dim
+        if self.family == "gpt":
+            return vocab_size * h + self.num_steps * h + self.num_layers * (12 * h * h + 13 * h) + 2 * h \
+                + h * vocab_size + vocab_size
         recurrent = sum(4 * h * ((e if layer == 0 else h) + h + 2) for layer in range(self.num_layers))
         return vocab_size * e + recurrent + h * vocab_size + vocab_size
 
@@ -60,10 +72,15 @@ class Candidate:
         return f"{self.family} {self.num_layers}×{self.hidden_size}"
 
 
-# The shapes the planner chooses from: a ladder of sizes, each at three batch sizes (measured as needed).
+GPT_HEAD_SIZE = 32  # shakespeare_gpt's 128 wide with 4 heads
+
+# The shapes the planner chooses from: a ladder of sizes per family, each at three batch sizes
+# (measured as needed).
 CANDIDATES: tuple[Candidate, ...] = tuple(
     Candidate(h, layers, b) for layers, sizes in ((1, (128, 256, 384, 512, 768, 1024)), (2, (512, 1024)))
-    for h in sizes for b in (32, 64, 128))
+    for h in sizes for b in (32, 64, 128)) + tuple(
+    Candidate(w, layers, b, family="gpt") for layers, w in ((4, 128), (4, 192), (4, 256), (6, 256), (6, 384),
+                                                              (8, 512)) for b in (32, 64, 128))
 
 
 @dataclass(frozen=True)
@@ -77,11 +94,27 @@ class Rules:
     # dropout by epochs the budget buys: (at most this many epochs, dropout)
     dropout_by_epochs: tuple[tuple[float, float], ...] = ((1.0, 0.0), (3.0, 0.1), (8.0, 0.2), (20.0, 0.3))
     max_dropout: float = 0.4
+    # A transformer's, lower: on the word list (1.7 epochs) the planned gpt with dropout 0.1 scored 0.757
+    # nats/char, shakespeare_gpt's same model without 0.597 (docs/planner.md); nanoGPT's CPU recipe has none.
+    gpt_dropout_by_epochs: tuple[tuple[float, float], ...] = ((4.0, 0.0), (10.0, 0.1), (20.0, 0.2))
     lr_512: float = 0.013  # AdamW's peak lr for a 1 × 512 LSTM; scaled by sqrt(512 / width) and per extra layer
     lr_layer_factor: float = 0.5
     weight_decay: float = 0.1
     eval_share: float = 0.05  # of the budget, for the evaluations during training
     evaluations: int = 12  # per run
+    # A whole run trains at 0.78-0.87 of the calibrated step's tokens/s (data, logging, checkpoints;
+    # three quiet 5-minute and 3-minute runs, docs/planner.md), so epochs are counted at this share.
+    realized_speed: float = 0.85
+    eval_speedup: float = 3.0  # batched evaluation's tokens/s over training's (docs/evaluation.md)
+    # A transformer where at least this share of the characters repeat what followed the same three
+    # characters within the last 64 (CorpusProfile.copy_share): attention copies them, an LSTM has
+    # to remember them. Between the C headers (0.23, LSTM by far) and the word list (0.56, gpt by far).
+    transformer_copy_share: float = 0.4
+    lr_gpt_128: float = 0.003  # AdamW's peak lr for a 128-wide gpt (shakespeare_gpt), scaled by sqrt(128 / width)
+
+    def train_seconds(self, seconds: float) -> float:
+        """The seconds of a time budget that train, at the calibrated speed's rate."""
+        return seconds * (1 - self.eval_share) * self.realized_speed
 
 
 RULES = Rules()
@@ -97,6 +130,27 @@ class CorpusProfile:
     level: str = "char"
     val_tokens: int = 0
     normalize: str = "none"  # as preprocessed: every character kept unless the user asked otherwise
+    copy_share: float = 0.0  # see copy_share()
+
+
+COPY_MATCH, COPY_WINDOW = 3, 64
+
+
+def copy_share(ids, match: int = COPY_MATCH, window: int = COPY_WINDOW) -> float:
+    """The share of tokens that repeat what followed the same `match` tokens within the last `window`.
+
+    What a copy from the context would predict: a statistic of how much a model that attends to its
+    window (a transformer) gains over one that must carry it in a state.
+    """
+    tokens = [int(t) for t in ids]
+    seen: dict[tuple[int, ...], int] = {}  # the last position each `match` tokens ended at
+    hits = 0
+    for t in range(match, len(tokens)):
+        key = tuple(tokens[t - match:t])
+        j = seen.get(key)
+        hits += j is not None and t - j <= window and tokens[j] == tokens[t]
+        seen[key] = t
+    return hits / max(1, len(tokens) - match)
 
 
 @dataclass(frozen=True)
@@ -148,12 +202,32 @@ def _count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _dropout(epochs: float, rules: Rules) -> float:
-    return next((d for limit, d in rules.dropout_by_epochs if epochs <= limit), rules.max_dropout)
+def _dropout(epochs: float, rules: Rules, family: str = "lstm") -> float:
+    table = rules.gpt_dropout_by_epochs if family == "gpt" else rules.dropout_by_epochs
+    return next((d for limit, d in table if epochs <= limit), rules.max_dropout)
 
 
 def _lr(c: Candidate, rules: Rules) -> float:
+    if c.family == "gpt":
+        return rules.lr_gpt_128 * math.sqrt(128 / c.hidden_size)
     return rules.lr_512 * math.sqrt(512 / c.hidden_size) * rules.lr_layer_factor ** (c.num_layers - 1)
+
+
+def family_for(profile: CorpusProfile, rules: Rules) -> tuple[str, str]:
+    """(family, why): a transformer for a text that repeats itself within a window, else an LSTM."""
+    share = (f"{profile.copy_share:.0%} of its characters repeat what followed the same {COPY_MATCH} "
+             f"within the last {COPY_WINDOW}")
+    if profile.copy_share >= rules.transformer_copy_share:
+        return "gpt", f"a transformer: {share} (≥ {rules.transformer_copy_share:.0%}), which attention copies"
+    return "lstm", f"an LSTM: {share} (< {rules.transformer_copy_share:.0%})"
+
+
+def model_config(c: Candidate, dropout: float) -> dict:
+    if c.family == "gpt":
+        return {"name": "gpt", "num_layers": c.num_layers, "num_heads": c.num_heads, "embedding_dim": c.hidden_size,
+                "context": c.num_steps, "dropout": dropout}
+    return {"name": c.family, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+            "embedding_dim": c.embedding_dim, "dropout": dropout}
 
 
 Speed = Callable[[Candidate], float]  # tokens/s of a candidate's training step on this device; 0: does not fit
@@ -165,9 +239,11 @@ def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: 
     rules, candidates = rules or RULES, candidates or CANDIDATES
     if profile.level != "char":
         raise ConfigError("the planner plans character-level runs; for words pass --config")
+    family, family_why = family_for(profile, rules)
+    candidates = tuple(c for c in candidates if c.family == family) or candidates
     if budget.seconds is None:
         speed = None
-    train_seconds = budget.seconds * (1 - rules.eval_share) if budget.seconds is not None else 0.0
+    train_seconds = rules.train_seconds(budget.seconds) if budget.seconds is not None else 0.0
 
     def tokens(c: Candidate) -> int:
         if speed is None:
@@ -196,23 +272,34 @@ def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: 
     chosen = chosen or batch_for(next(iter(shapes.values())))
     n = tokens(chosen)
     epochs = n / max(profile.train_tokens, 1)
-    dropout = _dropout(epochs, rules)
+    dropout = _dropout(epochs, rules, chosen.family)
     params = chosen.parameters(profile.vocab_size)
-    reasons = [f"the largest model this budget trains on ≥ {rules.tokens_per_parameter:g} tokens per parameter "
+    reasons = [family_why if chosen.family == family else f"a {chosen.family}: the only family offered",
+               f"the largest model this budget trains on ≥ {rules.tokens_per_parameter:g} tokens per parameter "
                f"({n / params:.1f} here) within {rules.parameters_per_train_token:g} parameters per training token"
                if fitted else "the smallest model: the budget or the text is short for any larger one",
                f"dropout {dropout:g} for ≈ {epochs:.1f} epochs"]
     steps = max(1, n // (chosen.batch_size * chosen.num_steps))
     lr = _lr(chosen, rules)
+    gpt = chosen.family == "gpt"  # random windows (its memory is its window), and shakespeare_gpt's lr floor
     config = {
-        "data": {"corpus": profile.corpus, "normalize": profile.normalize, "level": "char", "sampling": "sequential",
-                 "batch_size": chosen.batch_size, "num_steps": chosen.num_steps},
-        "model": {"name": chosen.family, "hidden_size": chosen.hidden_size, "num_layers": chosen.num_layers,
-                  "embedding_dim": chosen.embedding_dim, "dropout": dropout},
+        "data": {"corpus": profile.corpus, "normalize": profile.normalize, "level": "char",
+                 "sampling": "random" if gpt else "sequential", "batch_size": chosen.batch_size,
+                 "num_steps": chosen.num_steps},
+        "model": model_config(chosen, dropout),
         "optim": {"name": "adamw", "lr": round(lr, 5), "weight_decay": rules.weight_decay, "grad_clip": 1.0,
-                  "schedule": "cosine", "warmup_steps": min(100, max(1, steps // 20)), "min_lr": round(lr / 50, 6)},
+                  "schedule": "cosine", "warmup_steps": min(100, max(1, steps // 20)),
+                  "min_lr": round(lr / (10 if gpt else 50), 6)},
         "train": {"eval_every": max(1, steps // rules.evaluations)},
     }
+    if budget.seconds is not None and speed is not None:
+        # Each evaluation scores the whole validation split unless that would take more than the
+        # budget's eval_share: then a fixed sample of it (best.pt's final score is the whole split).
+        affordable = int(budget.seconds * rules.eval_share / rules.evaluations * rules.eval_speedup * speed(chosen))
+        if profile.val_tokens > affordable:
+            config["train"]["eval_tokens"] = max(10_000, affordable)
+            reasons.append(f"validation on {_count(config['train']['eval_tokens'])} of the split's "
+                           f"{_count(profile.val_tokens)} tokens, to keep it within {rules.eval_share:.0%} of the time")
     if budget.seconds is not None:
         # The step cap is a safety net far past the expected count: the clock ends the run.
         config["train"].update(max_time=round(budget.seconds, 3), max_steps=max(10, steps * 4))
@@ -228,7 +315,7 @@ def _too_short(smallest: Candidate, budget: Budget, speed: Speed | None, rules: 
     rate = speed(smallest)
     if rate <= 0:
         return "not even the smallest model fits in this device's memory"
-    need = math.ceil(rules.min_tokens / rate / (1 - rules.eval_share))
+    need = math.ceil(rules.min_tokens / rate / rules.train_seconds(1.0))
     return (f"--time {budget.seconds:g}s is too short to train anything useful on this device "
             f"({rate:,.0f} tokens/s for the smallest model); the shortest sensible budget is {need}s")
 

@@ -48,7 +48,7 @@ def part_of(budget: Budget, fraction: float) -> Budget:
 
 
 def size_label(c: planner.Candidate) -> str:
-    return f"{c.num_layers}x{c.hidden_size}"
+    return f"{c.family} {c.num_layers}x{c.hidden_size}" if c.family != "lstm" else f"{c.num_layers}x{c.hidden_size}"
 
 
 @dataclass
@@ -98,7 +98,8 @@ def search_space(profile, budget: Budget, speed, share: float = DEFAULT_SHARE, *
     except ConfigError as exc:
         raise ConfigError(f"--search leaves {1 - share:g} of the budget to train: {exc}") from None
     shapes: dict[str, list] = {}
-    for c in sorted(candidates, key=lambda c: c.parameters(profile.vocab_size)):
+    family = center.candidate.family  # the neighbours are sizes of the family the plan chose
+    for c in sorted((c for c in candidates if c.family == family), key=lambda c: c.parameters(profile.vocab_size)):
         shapes.setdefault(size_label(c), []).append(c)
     names = list(shapes)
     here = names.index(size_label(center.candidate))
