@@ -112,7 +112,7 @@ class Rules:
     eval_speedup: float = 3.0  # batched evaluation's tokens/s over training's (docs/evaluation.md)
     # A transformer where at least this share of the characters repeat what followed the same three
     # characters within the last 64 (CorpusProfile.copy_share): attention copies them, an LSTM has
-    # to remember them. Between the C headers (0.23, LSTM by far) and the word list (0.56, gpt by far).
+    # to remember them. Between the C headers (0.24, LSTM by far) and the word list (0.56, gpt by far).
     transformer_copy_share: float = 0.4
     lr_gpt_128: float = 0.003  # AdamW's peak lr for a 128-wide gpt (shakespeare_gpt), scaled by sqrt(128 / width)
 
