@@ -26,9 +26,10 @@ from charlm.config import build_config
 from charlm.planning.planner import CANDIDATES, RULES, Budget, Candidate, model_config, parse_duration, plan
 
 
-def neighbours(planned) -> list[tuple[str, dict]]:
-    """(label, config) for the plan and each one-factor change around it."""
-    base, out, chosen = planned.config, [("plan", planned.config)], planned.candidate
+def neighbours(planned) -> list[tuple[str, dict, Candidate]]:
+    """(label, config, model shape) for the plan and each one-factor change around it."""
+    base, chosen = planned.config, planned.candidate
+    out = [("plan", base, chosen)]
     shapes = {(c.num_layers, c.hidden_size): c for c in CANDIDATES if c.family == chosen.family}
     ladder = sorted(shapes, key=lambda shape: shapes[shape].parameters(100))
     at = ladder.index((chosen.num_layers, chosen.hidden_size))
@@ -37,28 +38,23 @@ def neighbours(planned) -> list[tuple[str, dict]]:
             cfg = copy.deepcopy(base)
             near = replace(chosen, num_layers=ladder[at + step][0], hidden_size=ladder[at + step][1])
             cfg["model"] = model_config(near, base["model"]["dropout"])
-            out.append((f"{label} {near.num_layers}×{near.hidden_size}", cfg))
+            out.append((f"{label} {near.num_layers}×{near.hidden_size}", cfg, near))
     for factor in (0.5, 2.0):
         cfg = copy.deepcopy(base)
         cfg["optim"]["lr"] = base["optim"]["lr"] * factor
         cfg["optim"]["min_lr"] = base["optim"]["min_lr"] * factor
-        out.append((f"lr ×{factor:g}", cfg))
+        out.append((f"lr ×{factor:g}", cfg, chosen))
     for delta in (-0.1, 0.1):
         dropout = round(base["model"]["dropout"] + delta, 3)
         if 0 <= dropout < 1:
             cfg = copy.deepcopy(base)
             cfg["model"]["dropout"] = dropout
-            out.append((f"dropout {dropout:g}", cfg))
+            out.append((f"dropout {dropout:g}", cfg, chosen))
     return out
 
 
-def equal_steps(raw: dict, seconds: float, speed) -> dict:
-    """`raw` trained for the steps `seconds` buy its model at the calibrated speed, with no clock."""
-    d, m = raw["data"], raw["model"]
-    if m["name"] == "gpt":
-        shape = Candidate(m["embedding_dim"], m["num_layers"], d["batch_size"], d["num_steps"], family="gpt")
-    else:
-        shape = Candidate(m["hidden_size"], m["num_layers"], d["batch_size"], d["num_steps"], m["embedding_dim"])
+def equal_steps(raw: dict, shape: Candidate, seconds: float, speed) -> dict:
+    """`raw`, whose model is `shape`, trained for the steps `seconds` buy it at the calibrated speed, with no clock."""
     steps = max(1, int(speed(shape) * RULES.train_seconds(seconds)) // (shape.batch_size * shape.num_steps))
     return {**raw, "train": {**raw["train"], "max_time": None, "max_steps": steps,
                              "eval_every": max(1, steps // RULES.evaluations)}}
@@ -84,17 +80,17 @@ def main(argv: list[str] | None = None) -> int:
                 planned = plan(profile, budget, speed)
                 length = f"{seconds:g} s" if seconds else f"{budget.steps} steps"
                 print(f"\n**{Path(corpus).name}**, {length}: {planned.summary()}\n")
-                print("| variant | steps | nats/char |\n|---|---:|---:|")
-                for i, (label, raw) in enumerate(neighbours(planned)):
+                print("| variant | steps | nats/char | derailed starts |\n|---|---:|---:|---:|")
+                for i, (label, raw, shape) in enumerate(neighbours(planned)):
                     if seconds and not args.clock:
-                        raw = equal_steps(raw, seconds, speed)
-                    nats, steps = score(build_config(raw, name="sweep"), Path(tmp), f"run{i}")
-                    print(f"| {label} | {steps:,} | {nats:.4f} |", flush=True)
+                        raw = equal_steps(raw, shape, seconds, speed)
+                    nats, steps, derailed = score(build_config(raw, name="sweep"), Path(tmp), f"run{i}")
+                    print(f"| {label} | {steps:,} | {nats:.4f} | {derailed} |", flush=True)
                     row = {"corpus": corpus, "normalize": args.normalize, "seconds": seconds,
                            "steps_budget": budget.steps, "clock": args.clock,
                            "train_tokens": planned.profile.train_tokens, "vocab_size": planned.profile.vocab_size,
                            "variant": label, "config": raw,
-                           "steps": steps, "nats_per_char": nats, "cpu": cpu_report()[0]}
+                           "steps": steps, "nats_per_char": nats, "derailed": derailed, "cpu": cpu_report()[0]}
                     with args.out.open("a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")
     return 0

@@ -1,6 +1,7 @@
 """The benchmark scripts' --quick modes run and print the tables the README quotes."""
 
 import importlib.util
+import json
 import math
 import re
 import sys
@@ -185,7 +186,7 @@ def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan(copy_share, fam
     from charlm.planning.planner import Budget, CorpusProfile, plan
 
     planned = plan(CorpusProfile("t.txt", 1_000_000, 66, copy_share=copy_share), Budget(steps=3000), None)
-    variants = dict(load_script("plan_sweep").neighbours(planned))
+    variants = {label: raw for label, raw, _ in load_script("plan_sweep").neighbours(planned)}
     assert variants.pop("plan") == planned.config and planned.candidate.family == family
     assert {label.split()[0] for label in variants} == {"smaller", "larger", "lr", "dropout"}
     for label, raw in variants.items():
@@ -204,7 +205,8 @@ def test_plan_sweep_trains_each_variant_the_steps_its_speed_buys_not_until_a_clo
 
     planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(seconds=300), speed)
     sweep = load_script("plan_sweep")
-    runs = {label: sweep.equal_steps(raw, 300, speed)["train"] for label, raw in sweep.neighbours(planned)}
+    runs = {label: sweep.equal_steps(raw, shape, 300, speed)["train"]
+            for label, raw, shape in sweep.neighbours(planned)}
     tokens = 40_000 * 512 / planned.config["model"]["hidden_size"] * RULES.train_seconds(300)
     batch = planned.config["data"]["batch_size"] * planned.config["data"]["num_steps"]
     assert runs["plan"]["max_steps"] == int(tokens) // batch and runs["plan"]["max_time"] is None
@@ -212,3 +214,25 @@ def test_plan_sweep_trains_each_variant_the_steps_its_speed_buys_not_until_a_clo
     smaller = next(train for label, train in runs.items() if label.startswith("smaller"))
     assert smaller["max_steps"] > runs["plan"]["max_steps"] > larger["max_steps"]
     assert runs["lr ×2"]["max_steps"] == runs["plan"]["max_steps"]
+
+
+def test_plan_sweep_writes_a_row_per_variant_with_the_steps_its_speed_buys(tmp_path, monkeypatch, capsys):
+    from charlm.planning.planner import CorpusProfile
+
+    sweep = load_script("plan_sweep")
+    profile = CorpusProfile("t.txt", 1_000_000, 66, val_tokens=100_000)
+    monkeypatch.setattr(sweep, "measure_corpus", lambda corpus, normalize: (None, profile, lambda c: 20_000.0))
+    trained = []
+
+    def fake_score(cfg, root, label):  # compare_planner.score's shape: (nats/char, steps, derailed starts)
+        trained.append(cfg)
+        return 1.5, cfg.train.max_steps, "0 of 4,225"
+
+    monkeypatch.setattr(sweep, "score", fake_score)
+    out = tmp_path / "sweep.jsonl"
+    assert sweep.main(["t.txt", "--time", "300", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["variant"] for row in rows][0] == "plan" and len(rows) == len(trained) >= 5
+    assert all(cfg.train.max_time is None and row["steps"] == cfg.train.max_steps and row["derailed"] == "0 of 4,225"
+               for cfg, row in zip(trained, rows))
+    assert "| plan |" in capsys.readouterr().out
