@@ -101,3 +101,47 @@ def test_single_step_while_training_uses_the_layer_and_keeps_dropout():
     first, _ = model(ids)
     second, _ = model(ids)
     assert not torch.allclose(first, second)  # dropout is active: not the eval fast path
+
+
+@pytest.mark.parametrize("embedding_dim", [None, 7])
+def test_scoring_without_grad_takes_the_fused_loop_and_equals_the_books_loop(embedding_dim, monkeypatch):
+    from charlm.models import scratch_fused
+
+    scratch, _ = scratch_and_copied_rnn(embedding_dim)
+    ids = torch.randint(0, VOCAB, (3, 17), generator=torch.Generator().manual_seed(4))
+    h0 = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(5)) * 0.5
+    with torch.no_grad():
+        assert scratch_fused.applies(scratch, ids)
+        fused_logits, fused_h = scratch(ids, h0)
+        monkeypatch.setattr(scratch_fused, "applies", lambda model, ids: False)
+        loop_logits, loop_h = scratch(ids, h0)
+    torch.testing.assert_close(fused_logits, loop_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_h, loop_h, atol=1e-5, rtol=1e-5)
+    assert loop_logits.abs().max() > 0.1
+
+
+def test_fused_loop_under_bf16_autocast_stays_at_bf16_resolution_of_the_books_loop(monkeypatch):
+    from charlm.models import scratch_fused
+
+    scratch, _ = scratch_and_copied_rnn()
+    ids = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(6))
+    h0 = torch.zeros(2, HIDDEN)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused_logits, fused_h = scratch(ids, h0)
+        monkeypatch.setattr(scratch_fused, "applies", lambda model, ids: False)
+        loop_logits, loop_h = scratch(ids, h0)
+    assert fused_h.dtype == loop_h.dtype == torch.bfloat16
+    torch.testing.assert_close(fused_logits.float(), loop_logits.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_training_and_one_step_calls_keep_the_books_loop():
+    from charlm.models import scratch_fused
+
+    scratch, _ = scratch_and_copied_rnn()
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    assert not scratch_fused.applies(scratch, ids)  # grad enabled: the loop autograd records
+    with torch.no_grad():
+        assert not scratch_fused.applies(scratch, ids[:, :1])  # generation's single step
+    big, _ = build_model("rnn_scratch", 40, hidden_size=8)  # V > H: the one-hot product would dominate
+    with torch.no_grad():
+        assert not scratch_fused.applies(big, ids)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.config.model_options import ScratchRNNOptions
-from charlm.models import register_model
+from charlm.models import register_model, scratch_fused
 
 
 @register_model("rnn_scratch")
@@ -56,6 +56,8 @@ class RNNScratch(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) → logits (B, T, V) and h after the last step (B, H)."""
         h = self.init_state(ids.shape[0], ids.device) if state is None else state
+        if scratch_fused.applies(self, ids):  # scoring only: the same equations, 1.5x faster
+            return scratch_fused.forward(self, ids, h)
         # Everything that does not depend on h is done for all T steps at once.
         if self.embedding is None:
             # one_hot(ids) @ W_xh picks rows; F.embedding does it without the (B, T, V) one-hot.
