@@ -200,19 +200,24 @@ def test_plan_sweep_changes_one_factor_at_a_time_around_the_plan(copy_share, fam
 def test_plan_sweep_trains_each_variant_the_steps_its_speed_buys_not_until_a_clock():
     from charlm.planning.planner import RULES, Budget, CorpusProfile, plan
 
-    def speed(c):  # a model twice as wide runs at half the tokens/s
-        return 40_000 * 512 / c.hidden_size
+    def speed(c):  # tokens/s falling with the recurrent weights
+        return 40_000 * 512 ** 2 / (c.hidden_size ** 2 * c.num_layers)
 
     planned = plan(CorpusProfile("t.txt", 1_000_000, 66), Budget(seconds=300), speed)
     sweep = load_script("plan_sweep")
-    runs = {label: sweep.equal_steps(raw, shape, 300, speed)["train"]
-            for label, raw, shape in sweep.neighbours(planned)}
-    tokens = 40_000 * 512 / planned.config["model"]["hidden_size"] * RULES.train_seconds(300)
+    configs = {label: sweep.equal_steps(raw, shape, 300, speed) for label, raw, shape in sweep.neighbours(planned)}
+    runs = {label: config["train"] for label, config in configs.items()}
+    tokens = speed(planned.candidate) * RULES.train_seconds(300)
     batch = planned.config["data"]["batch_size"] * planned.config["data"]["num_steps"]
     assert runs["plan"]["max_steps"] == int(tokens) // batch and runs["plan"]["max_time"] is None
-    larger = next(train for label, train in runs.items() if label.startswith("larger"))
-    smaller = next(train for label, train in runs.items() if label.startswith("smaller"))
-    assert smaller["max_steps"] > runs["plan"]["max_steps"] > larger["max_steps"]
+
+    def trained_tokens(label):  # each size keeps its own planned batch, so compare tokens, not steps
+        data = configs[label]["data"]
+        return runs[label]["max_steps"] * data["batch_size"] * data["num_steps"]
+
+    larger = next(label for label in runs if label.startswith("larger"))
+    smaller = next(label for label in runs if label.startswith("smaller"))
+    assert trained_tokens(smaller) > trained_tokens("plan") > trained_tokens(larger)
     assert runs["lr ×2"]["max_steps"] == runs["plan"]["max_steps"]
 
 

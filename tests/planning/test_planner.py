@@ -53,6 +53,16 @@ def test_more_epochs_of_a_small_text_get_more_dropout():
     assert plan(SHAKESPEARE, Budget(seconds=60), laptop).config["model"]["dropout"] < RULES.max_dropout
 
 
+def test_many_epochs_of_a_small_text_double_the_lr_of_the_same_model():
+    small = CorpusProfile(corpus="small.txt", train_tokens=150_000, vocab_size=30)
+    large = CorpusProfile(corpus="large.txt", train_tokens=50_000_000, vocab_size=30)
+    many, few = plan(small, Budget(seconds=300), laptop), plan(large, Budget(seconds=300), laptop)
+    assert many.tokens / small.train_tokens > RULES.many_epochs > few.tokens / large.train_tokens
+    assert many.candidate == few.candidate  # the same model, so only the epochs differ
+    assert many.config["optim"]["lr"] == pytest.approx(RULES.many_epochs_lr_factor * few.config["optim"]["lr"])
+    assert "twice the lr" in many.describe() and "twice the lr" not in few.describe()
+
+
 def test_a_short_budget_takes_the_smaller_batch_for_more_steps():
     short, long = plan(SHAKESPEARE, Budget(seconds=30), laptop), plan(SHAKESPEARE, Budget(seconds=3600), laptop)
     assert short.config["data"]["batch_size"] < long.config["data"]["batch_size"]

@@ -68,7 +68,7 @@ def test_search_trains_trials_prunes_the_trailing_and_trains_the_best_for_the_re
     assert sum(line.startswith("trial ") for line in result.stdout.splitlines()) == len(rows)
     states = [r["state"] for r in rows]
     assert "pruned" in states and "complete" in states
-    assert (rows[0]["size"], float(rows[0]["lr_factor"])) == ("1x8", 1.0)  # the plan is trial 0
+    assert (rows[0]["size"], float(rows[0]["lr_factor"])) == ("1x16", 1.0)  # the plan is trial 0
     full = max(int(r["steps"]) for r in rows)
     assert all(int(r["steps"]) < full for r in rows if r["state"] == "pruned")
     assert all(2.0 < float(r["val_loss"]) < 5.0 and float(r["seconds"]) > 0 for r in rows)
@@ -117,9 +117,10 @@ def test_a_pruned_trial_stops_at_its_first_rung_and_never_wins(workdir, tiny_lad
 
 
 def test_the_best_trial_not_the_plan_is_planned_for_the_rest(workdir, tiny_ladder, monkeypatch):
-    def objective(cfg, corpus, scratch, asked, trial, steps):  # a made-up loss, lowest at twice the planned lr
+    # A made-up loss, lowest at twice the planned lr on 1x8, a size the plan (1x16) did not choose.
+    def objective(cfg, corpus, scratch, asked, trial, steps):
         trial.steps, trial.state = steps, "complete"
-        trial.val_loss = abs(math.log(trial.lr_factor / 2)) + trial.dropout + (trial.size != "1x16")
+        trial.val_loss = abs(math.log(trial.lr_factor / 2)) + trial.dropout + (trial.size != "1x8")
 
     monkeypatch.setattr(tune, "_run_trial", objective)
     cfg, found = tune.search_config("corpus.txt", Budget(steps=400), share=0.5)
