@@ -1,5 +1,7 @@
 """The planner's rules against made-up throughput tables: no device is measured here."""
 
+from dataclasses import replace
+
 import pytest
 
 from charlm.config import build_config
@@ -160,6 +162,16 @@ def test_a_text_that_repeats_within_a_window_gets_a_transformer_on_random_window
         (c for c in CANDIDATES if c.family == "gpt"), key=lambda c: (c.parameters(60), -c.batch_size))
     prose = plan(SHAKESPEARE, Budget(seconds=300), laptop)
     assert prose.config["model"]["name"] == "lstm" and "an LSTM:" in prose.describe()
+
+
+def test_a_transformer_warms_up_for_its_100_steps_where_an_lstm_takes_5_percent():
+    words = CorpusProfile(corpus="words.txt", train_tokens=1_000_000, vocab_size=60, copy_share=0.56)
+    transformer, lstm = plan(words, Budget(steps=2000), None), plan(SHAKESPEARE, Budget(steps=1000), None)
+    assert transformer.config["optim"]["warmup_steps"] == RULES.gpt_warmup_steps == 100
+    assert lstm.config["optim"]["warmup_steps"] == 1000 // 20
+    assert plan(words, Budget(steps=300), None, rules=replace(RULES, min_tokens=1)).config["optim"][
+        "warmup_steps"] == 300 // 4  # a short run warms up for a quarter of it
+    assert transformer.config["optim"]["min_lr"] == pytest.approx(transformer.config["optim"]["lr"] / 10)
 
 
 def test_a_transformer_gets_less_dropout_than_an_lstm_for_the_same_epochs():

@@ -212,9 +212,10 @@ def search_config(corpus: str, budget: Budget, overrides: list[str] | None = Non
 def _trial_config(config: dict[str, Any], steps: int, factor: float, dropout: float,
                   seconds_left: float | None) -> dict[str, Any]:
     """A size's planned config, compressed into `steps` with the trial's lr and dropout."""
-    lr = config["optim"]["lr"] * factor
+    lr, family = config["optim"]["lr"] * factor, config["model"]["name"]
+    optim = {"lr": lr, "min_lr": lr * planner.min_lr_share(family), "warmup_steps": planner.warmup_steps(family, steps)}
     return {**config, "model": {**config["model"], "dropout": round(dropout, 2)},
-            "optim": {**config["optim"], "lr": lr, "min_lr": lr / 50, "warmup_steps": max(1, min(100, steps // 20))},
+            "optim": {**config["optim"], **optim},
             # the share's end is a safety net: a trial estimated to fit should finish by its steps
             "train": {"max_steps": steps, "max_time": seconds_left, "eval_every": steps // RUNGS,
                       "log_every": steps // RUNGS}}
@@ -262,6 +263,6 @@ def _final_plan(space: SearchSpace, best: Trial, profile, speed, spent: float, r
             else Budget(steps=max(1, space.budget.steps - int(spent))))
     made = planner.plan(profile, left, speed, rules=rules.get("rules"), candidates=(sized.candidate,))
     lr = made.config["optim"]["lr"] * best.lr_factor
-    made.config["optim"].update(lr=round(lr, 5), min_lr=round(lr / 50, 6))
+    made.config["optim"].update(lr=round(lr, 5), min_lr=round(lr * planner.min_lr_share(sized.candidate.family), 6))
     made.config["model"]["dropout"] = best.dropout
     return made
