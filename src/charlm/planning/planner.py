@@ -107,8 +107,9 @@ class Rules:
                                                               (50.0, 0.4))
     lr_512: float = 0.013  # AdamW's peak lr for a 1 × 512 LSTM; scaled by sqrt(512 / width) and per extra layer
     lr_layer_factor: float = 0.5
-    # Beyond this many epochs the lr doubles: twice the lr won on The Time Machine (28 epochs) and Debian's
-    # changelogs (15) and lost on fortune quotes (8.5), Tiny Shakespeare (7) and the Bible (2; docs/planner.md).
+    # Beyond this many epochs an LSTM's lr doubles: twice the lr won on The Time Machine (21 and 27 epochs)
+    # and Debian's changelogs (15), and lost on fortune quotes (8.5), Tiny Shakespeare (7) and the Bible (2;
+    # docs/planner.md).
     many_epochs: float = 12.0
     many_epochs_lr_factor: float = 2.0
     weight_decay: float = 0.1
@@ -311,9 +312,8 @@ def plan(profile: CorpusProfile, budget: Budget, speed: Speed | None, *, rules: 
                f"dropout {dropout:g} for ≈ {epochs:.1f} epochs"]
     steps = max(1, n // (chosen.batch_size * chosen.num_steps))
     lr = _lr(chosen, rules, epochs)
-    if lr != _lr(chosen, rules):
+    if lr != _lr(chosen, rules):  # the many-epochs rule applied
         reasons[-1] += f" and twice the lr (more than {rules.many_epochs:g})"
-
     gpt = chosen.family == "gpt"  # random windows: its memory is its window
     config = {
         "data": {"corpus": profile.corpus, "normalize": profile.normalize, "level": "char",
